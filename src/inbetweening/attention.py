@@ -1,0 +1,233 @@
+"""Control of the temporal self-attention layers: where the paper's method lives.
+
+Every temporal self-attention layer (``...temporal_transformer_blocks.0.attn1``; 16 in SVD-XT) gets
+a :class:`TemporalAttentionProcessor`. A processor knows its layer's *plan* for the backward
+direction (use the forward maps rotated by 180 degrees or not; use the backward weights or the
+base ones) and runs in one of four *phases*:
+
+``plain``   ordinary attention (the base model, e.g. the ``forward`` method);
+``fused``   one UNet call for both directions: the batch is forward rows then backward rows, and
+            the backward rows attend with ``sdpa(Q_fwd.flip(frames), K_fwd.flip(frames), V_bwd)``,
+            which equals the forward softmax map rotated by 180 degrees applied to ``V_bwd``
+            (``softmax(QK^T).flip(-2, -1) == softmax(Q' K'^T)`` with Q', K' flipped in time), so no
+            map is ever materialised;
+``record``  the paper literally, first call: explicit softmax maps, kept for the second call;
+``inject``  the paper literally, second call (backward rows only): the kept maps, rotated.
+
+The literal ``record``/``inject`` pair is the reference the fused path is tested against.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .utils import InbetweeningError
+
+TEMPORAL_SELF_ATTENTION = "temporal_transformer_blocks.0.attn1"
+PHASES = ("plain", "fused", "record", "inject")
+# Names of the projections a backward-weights file may hold, relative to the layer.
+ROTATION_TENSORS = ("to_v.weight", "to_out.0.weight")
+NO_ROTATION_TENSORS = ("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight")
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """What the backward direction does in one layer."""
+
+    rotate: bool  # attend with the forward maps rotated by 180 degrees
+    backward_weights: bool  # project with the backward weights (else the base weights)
+
+
+def temporal_attention_layers(unet) -> dict[str, torch.nn.Module]:
+    """The temporal self-attention modules of an SVD UNet, by module name, in model order."""
+    return {name: m for name, m in unet.named_modules() if name.endswith(TEMPORAL_SELF_ATTENTION)}
+
+
+def is_up_block(layer_name: str) -> bool:
+    return layer_name.startswith("up_blocks.")
+
+
+def _heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    n, f, inner = t.shape
+    return t.view(n, f, heads, inner // heads).transpose(1, 2)
+
+
+def _merge(t: torch.Tensor) -> torch.Tensor:
+    n, h, f, d = t.shape
+    return t.transpose(1, 2).reshape(n, f, h * d)
+
+
+class TemporalAttentionProcessor:
+    """Attention processor for one temporal self-attention layer (see the module docstring).
+
+    ``weights`` holds the layer's backward tensors by their name relative to the layer
+    (``"to_v.weight"``, ``"to_out.0.weight"``, and for the no-rotation variant also
+    ``"to_q.weight"``, ``"to_k.weight"``); anything absent falls back to the base weights.
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+        self.phase = "plain"
+        self.plan = LayerPlan(rotate=False, backward_weights=False)
+        self.weights: dict[str, torch.Tensor] = {}
+        self.maps: torch.Tensor | None = None  # recorded softmax maps (reference path)
+
+    # -- projections -------------------------------------------------------------------------
+    def _base(self, attn) -> dict[str, torch.Tensor | None]:
+        return {"to_q.weight": attn.to_q.weight, "to_k.weight": attn.to_k.weight,
+                "to_v.weight": attn.to_v.weight, "to_out.0.weight": attn.to_out[0].weight,
+                "to_out.0.bias": attn.to_out[0].bias}
+
+    def _backward(self, attn, like: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        w = self._base(attn)
+        if self.plan.backward_weights:
+            if not self.weights:
+                raise InbetweeningError(
+                    f"layer {self.name} has no backward weights loaded; load a backward-weights "
+                    "file or use a method that needs none (gi-noft, trf, forward)")
+            for k, t in self.weights.items():
+                w[k] = t.to(device=like.device, dtype=like.dtype)
+        return w
+
+    @staticmethod
+    def _lin(x, w, b=None):
+        return F.linear(x, w.to(x.dtype), None if b is None else b.to(x.dtype))
+
+    # -- the four phases ---------------------------------------------------------------------
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 temb=None, *args, **kwargs):
+        x = hidden_states  # (rows, frames, channels); rows = batch * height * width
+        if self.phase == "plain":
+            return self._attend(attn, x, self._base(attn))
+        if self.phase == "fused":
+            return self._fused(attn, x)
+        if self.phase == "record":
+            return self._record(attn, x)
+        if self.phase == "inject":
+            return self._inject(attn, x)
+        raise ValueError(f"unknown phase {self.phase!r}")
+
+    def _attend(self, attn, x, w):
+        q, k, v = (self._lin(x, w[n]) for n in ("to_q.weight", "to_k.weight", "to_v.weight"))
+        h = attn.heads
+        o = F.scaled_dot_product_attention(_heads(q, h), _heads(k, h), _heads(v, h),
+                                           scale=attn.scale)
+        return self._lin(_merge(o), w["to_out.0.weight"], w["to_out.0.bias"])
+
+    def _fused(self, attn, x):
+        rows = x.shape[0]
+        if rows % 2:
+            raise RuntimeError(f"fused call with an odd number of rows ({rows}) in {self.name}")
+        m = rows // 2
+        xf, xb = x[:m], x[m:]
+        base, bwd = self._base(attn), self._backward(attn, x)
+        qf, kf, vf = (self._lin(xf, base[n]) for n in ("to_q.weight", "to_k.weight",
+                                                         "to_v.weight"))
+        if self.plan.rotate:
+            # The rotated map of the forward rows, without materialising it. Detached: the
+            # backward direction reads the forward model's attention, it does not train it.
+            qb, kb = qf.detach().flip(1), kf.detach().flip(1)
+        else:
+            qb, kb = self._lin(xb, bwd["to_q.weight"]), self._lin(xb, bwd["to_k.weight"])
+        vb = self._lin(xb, bwd["to_v.weight"])
+        h = attn.heads
+        o = F.scaled_dot_product_attention(
+            _heads(torch.cat([qf, qb]), h), _heads(torch.cat([kf, kb]), h),
+            _heads(torch.cat([vf, vb]), h), scale=attn.scale)
+        o = _merge(o)
+        return torch.cat([
+            self._lin(o[:m], base["to_out.0.weight"], base["to_out.0.bias"]),
+            self._lin(o[m:], bwd["to_out.0.weight"], bwd["to_out.0.bias"]),
+        ])
+
+    @staticmethod
+    def _softmax_map(attn, q, k):
+        h = attn.heads
+        scores = _heads(q, h) @ _heads(k, h).transpose(-1, -2) * attn.scale
+        return scores.softmax(dim=-1)  # (rows, heads, frames, frames)
+
+    def _apply_map(self, attn, a, v, w):
+        o = _merge(a @ _heads(v, attn.heads))
+        return self._lin(o, w["to_out.0.weight"], w["to_out.0.bias"])
+
+    def _record(self, attn, x):
+        w = self._base(attn)
+        a = self._softmax_map(attn, self._lin(x, w["to_q.weight"]), self._lin(x, w["to_k.weight"]))
+        self.maps = a.detach() if self.plan.rotate else None
+        return self._apply_map(attn, a, self._lin(x, w["to_v.weight"]), w)
+
+    def _inject(self, attn, x):
+        w = self._backward(attn, x)
+        if self.plan.rotate:
+            if self.maps is None or self.maps.shape[0] != x.shape[0]:
+                raise RuntimeError(f"{self.name}: no recorded maps for these rows; run the "
+                                   "forward call in the 'record' phase first")
+            a = self.maps.flip(-2, -1)  # rotate by 180 degrees
+        else:
+            a = self._softmax_map(attn, self._lin(x, w["to_q.weight"]),
+                                  self._lin(x, w["to_k.weight"]))
+        return self._apply_map(attn, a, self._lin(x, w["to_v.weight"]), w)
+
+
+def _check_layer(name: str, attn) -> None:
+    ok = (getattr(attn, "spatial_norm", None) is None and getattr(attn, "group_norm", None) is None
+          and not getattr(attn, "residual_connection", False)
+          and getattr(attn, "rescale_output_factor", 1.0) == 1.0
+          and getattr(attn, "norm_q", None) is None and getattr(attn, "norm_k", None) is None
+          and not getattr(attn, "is_cross_attention", False))
+    if not ok:
+        raise InbetweeningError(f"{name} is not an SVD-style temporal self-attention layer")
+
+
+def install(unet) -> dict[str, TemporalAttentionProcessor]:
+    """Give every temporal self-attention layer a :class:`TemporalAttentionProcessor` (once) and
+    return them by layer name. Other processors are left as they are."""
+    layers = temporal_attention_layers(unet)
+    if not layers:
+        raise InbetweeningError("this UNet has no temporal self-attention layers "
+                                f"(*.{TEMPORAL_SELF_ATTENTION}); is it an SVD UNet?")
+    current = dict(unet.attn_processors)
+    procs = {}
+    for name, attn in layers.items():
+        proc = current[f"{name}.processor"]
+        if not isinstance(proc, TemporalAttentionProcessor):
+            _check_layer(name, attn)
+            proc = TemporalAttentionProcessor(name)
+            current[f"{name}.processor"] = proc
+        procs[name] = proc
+    unet.set_attn_processor(dict(current))  # set_attn_processor pops from the dict it gets
+    return procs
+
+
+def installed(unet) -> dict[str, TemporalAttentionProcessor]:
+    """The processors :func:`install` put on ``unet`` (empty if none)."""
+    out = {}
+    for key, proc in unet.attn_processors.items():
+        if isinstance(proc, TemporalAttentionProcessor):
+            out[key.removesuffix(".processor")] = proc
+    return out
+
+
+@contextlib.contextmanager
+def phase(unet, name: str, plans: dict[str, LayerPlan] | None = None):
+    """Run the block with every temporal processor in phase ``name`` (and, if given, these
+    per-layer plans); restore the plain phase afterwards. Recorded maps are dropped on exit
+    from an ``inject`` phase."""
+    if name not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}")
+    procs = installed(unet) or install(unet)
+    for layer, proc in procs.items():
+        proc.phase = name
+        if plans is not None:
+            proc.plan = plans[layer]
+    try:
+        yield procs
+    finally:
+        for proc in procs.values():
+            proc.phase = "plain"
+            if name == "inject":
+                proc.maps = None

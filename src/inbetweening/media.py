@@ -1,0 +1,130 @@
+"""Reading keyframes and videos, writing videos (mp4, gif, webp, a folder of PNGs) atomically."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+
+from .utils import InbetweeningError, atomic_path
+
+VIDEO_SUFFIXES = (".mp4", ".gif", ".webp")
+READABLE_VIDEOS = (".mp4", ".webm", ".gif", ".mov", ".mkv", ".avi")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def read_image(path: str | os.PathLike, max_pixels: int | None = 64_000_000) -> PIL.Image.Image:
+    """An image file as RGB, or a one-line InbetweeningError saying why not."""
+    path = Path(path)
+    if not path.exists():
+        raise InbetweeningError(f"{path}: no such file")
+    if path.is_dir():
+        raise InbetweeningError(f"{path} is a folder, not an image")
+    try:
+        with PIL.Image.open(path) as im:
+            if max_pixels and im.width * im.height > max_pixels:
+                raise InbetweeningError(f"{path}: {im.width}x{im.height} is too large "
+                                        f"(at most {max_pixels:,} pixels)")
+            im.load()
+            return im.convert("RGB")
+    except InbetweeningError:
+        raise
+    except (PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError):
+        raise InbetweeningError(f"{path}: not an image file") from None
+    except OSError as e:
+        raise InbetweeningError(f"{path}: cannot read image ({e})") from None
+
+
+def output_kind(path: str | os.PathLike) -> str:
+    """'mp4', 'gif', 'webp', or 'png' (a folder of PNG frames: a path without a suffix)."""
+    suffix = Path(path).suffix.lower()
+    if suffix in VIDEO_SUFFIXES:
+        return suffix[1:]
+    if suffix == "":
+        return "png"
+    raise InbetweeningError(f"cannot write {path}: the output must end in .mp4, .gif or .webp, "
+                            "or be a folder name (for PNG frames)")
+
+
+def check_output(path: str | os.PathLike, overwrite: bool) -> str:
+    """Check an output path before any work is done; returns its kind."""
+    kind = output_kind(path)
+    if Path(path).exists() and not overwrite:
+        raise InbetweeningError(f"{path} already exists (pass --overwrite to replace it)")
+    return kind
+
+
+def _as_uint8(frames) -> list[np.ndarray]:
+    out = []
+    for f in frames:
+        if isinstance(f, PIL.Image.Image):
+            out.append(np.asarray(f.convert("RGB")))
+        else:
+            a = np.asarray(f)
+            if a.dtype != np.uint8:
+                a = (np.clip(a, 0, 1) * 255).round().astype(np.uint8)
+            out.append(a)
+    return out
+
+
+def write_video(frames, path: str | os.PathLike, fps: float = 7, *,
+                overwrite: bool = False) -> Path:
+    """Write frames (PIL images or HxWx3 arrays, uint8 or float in [0, 1]) to ``path``.
+
+    ``.mp4`` (H.264, yuv420p), ``.gif``, ``.webp`` (animated, lossless), or a folder of PNGs
+    (``frame_0000.png`` ...). The file appears only when complete.
+    """
+    kind = check_output(path, overwrite)
+    arrays = _as_uint8(frames)
+    if not arrays:
+        raise InbetweeningError("no frames to write")
+    path = Path(path)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        if kind == "mp4":
+            import imageio.v2 as imageio
+
+            h, w = arrays[0].shape[:2]
+            block = 16 if h % 16 == 0 and w % 16 == 0 else 1
+            with imageio.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264",
+                                    pixelformat="yuv420p", quality=9, macro_block_size=block,
+                                    ffmpeg_log_level="error") as writer:
+                for a in arrays:
+                    writer.append_data(a)
+        elif kind in ("gif", "webp"):
+            ims = [PIL.Image.fromarray(a) for a in arrays]
+            extra = {"lossless": True} if kind == "webp" else {"disposal": 1}
+            ims[0].save(tmp, format=kind.upper(), save_all=True, append_images=ims[1:],
+                        duration=round(1000 / fps), loop=0, **extra)
+        else:
+            tmp.mkdir()
+            for i, a in enumerate(arrays):
+                PIL.Image.fromarray(a).save(tmp / f"frame_{i:04d}.png")
+    return path
+
+
+def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
+    """All frames of a video file (or a folder of images, sorted by name) as (F, H, W, 3) uint8,
+    and its frame rate (0 when unknown)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise InbetweeningError(f"{path}: no image files in this folder")
+        return np.stack([np.asarray(read_image(f)) for f in files]), 0.0
+    if not path.is_file():
+        raise InbetweeningError(f"{path}: no such file")
+    import imageio.v3 as iio
+
+    try:
+        frames = [np.asarray(PIL.Image.fromarray(f).convert("RGB")) for f in iio.imiter(path)]
+        try:
+            fps = float(iio.immeta(path).get("fps", 0) or 0)
+        except Exception:  # noqa: BLE001 - metadata is optional
+            fps = 0.0
+    except Exception as e:  # noqa: BLE001 - any decoder failure is the file's fault here
+        raise InbetweeningError(f"{path}: cannot read video ({type(e).__name__})") from None
+    if not frames:
+        raise InbetweeningError(f"{path}: the video has no frames")
+    return np.stack(frames), fps

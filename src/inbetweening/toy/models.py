@@ -1,0 +1,71 @@
+"""Tiny configurations of the real SVD classes, sized for the toy world on a 2-core CPU.
+
+The same classes as Stable Video Diffusion (diffusers' AutoencoderKLTemporalDecoder,
+UNetSpatioTemporalConditionModel, EulerDiscreteScheduler; transformers' CLIP vision model), so
+every code path of the product runs unchanged on them. The VAE downsamples by 8 as SVD's does
+(64x64 frames -> 8x8 latents), with 16 latent channels instead of 4 so that small sprites survive.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from diffusers import (
+    AutoencoderKLTemporalDecoder,
+    EulerDiscreteScheduler,
+    UNetSpatioTemporalConditionModel,
+)
+from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+from .world import WorldConfig
+
+WORLD = WorldConfig()
+LATENT_CHANNELS = 16
+EMBED_DIM = 64
+
+# Where the trained toy model lives inside the package (a diffusers folder + backward weights).
+BUNDLED_MODEL = Path(__file__).resolve().parent / "model"
+
+SVD_SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+    prediction_type="v_prediction", interpolation_type="linear", use_karras_sigmas=True,
+    sigma_min=0.002, sigma_max=700.0, timestep_spacing="leading", timestep_type="continuous",
+    steps_offset=1,
+)
+
+
+def scheduler() -> EulerDiscreteScheduler:
+    return EulerDiscreteScheduler(**SVD_SCHEDULER_CONFIG)
+
+
+def vae() -> AutoencoderKLTemporalDecoder:
+    return AutoencoderKLTemporalDecoder(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+        block_out_channels=(32, 32, 64, 64), layers_per_block=1, latent_channels=LATENT_CHANNELS,
+        sample_size=WORLD.size, scaling_factor=1.0, force_upcast=False,
+    )
+
+
+def unet(num_frames: int = WORLD.frames) -> UNetSpatioTemporalConditionModel:
+    return UNetSpatioTemporalConditionModel(
+        sample_size=WORLD.size // 8, in_channels=2 * LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
+        down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+        up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
+        block_out_channels=(64, 128), layers_per_block=1, cross_attention_dim=EMBED_DIM,
+        num_attention_heads=(2, 4), addition_time_embed_dim=32,
+        projection_class_embeddings_input_dim=96, transformer_layers_per_block=1,
+        num_frames=num_frames,
+    )
+
+
+def image_encoder() -> CLIPVisionModelWithProjection:
+    cfg = CLIPVisionConfig(
+        hidden_size=64, projection_dim=EMBED_DIM, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, image_size=WORLD.size, patch_size=16,
+    )
+    return CLIPVisionModelWithProjection(cfg)
+
+
+def feature_extractor() -> CLIPImageProcessor:
+    return CLIPImageProcessor(size={"shortest_edge": WORLD.size},
+                              crop_size={"height": WORLD.size, "width": WORLD.size})

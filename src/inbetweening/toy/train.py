@@ -1,0 +1,331 @@
+"""Train the toy models from scratch: the VAE, then the forward image-to-video UNet (with its
+CLIP image encoder), then the backward weights with the product's own fine-tuning command.
+
+    python -m inbetweening.toy.train --out runs/toy            # every stage, resumable
+    python -m inbetweening.toy.train --out runs/toy --stage vae
+
+Each stage checkpoints every ``--checkpoint-every`` steps and resumes from its last checkpoint
+when run again; a finished stage is skipped. Data come fresh from the toy world at every step,
+addressed by (seed, step), so a resumed run sees exactly the clips an uninterrupted one would.
+``--bundle`` copies the result (fp16) into the package as the default model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import math
+import os
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .. import conditioning as cond
+from ..utils import atomic_torch_save
+from . import models
+from .world import WorldConfig, make_clips
+
+TRAIN_SEED = 0  # the training stream of the toy world; held-out seeds are >= world.HELD_OUT_SEED
+
+
+@dataclass
+class VaeConfig:
+    steps: int = 1500
+    clips_per_step: int = 4
+    crop: int = 32  # train on crops (the VAE is convolutional): 4x cheaper per frame
+    lr: float = 1e-3
+    kl_weight: float = 1e-6
+    sprite_weight: float = 6.0  # extra loss weight on moving pixels (vehicles are small)
+    checkpoint_every: int = 100
+
+
+@dataclass
+class ForwardConfig:
+    steps: int = 3000
+    batch: int = 8
+    lr: float = 4e-4
+    warmup: int = 100
+    weight_decay: float = 0.01
+    ema: float = 0.999
+    p_mean: float = 0.5  # ln(sigma) ~ N(p_mean, p_std^2) for most samples ...
+    p_std: float = 1.4
+    p_uniform: float = 0.1  # ... and log-uniform over the sampler's whole range for the rest
+    cond_dropout: float = 0.1  # zero CLIP embedding and image latent together, for CFG
+    noise_aug: float = 0.02
+    fps: int = 7
+    motion_bucket_id: int = 127
+    checkpoint_every: int = 100
+
+
+def _log_row(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def _latest(ckpt_dir: Path) -> Path | None:
+    cks = sorted(ckpt_dir.glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+    return cks[-1] if cks else None
+
+
+def _prune(ckpt_dir: Path, keep: int = 2) -> None:
+    cks = sorted(ckpt_dir.glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+    for p in cks[:-keep]:
+        p.unlink()
+
+
+def _sprite_weights(x: torch.Tensor, extra: float) -> torch.Tensor:
+    """Per-pixel loss weights: 1 on the static background, 1 + extra where the clip moves.
+    x: (B, F, 3, H, W) in [-1, 1]."""
+    moving = (x - x.median(dim=1, keepdim=True).values).abs().amax(dim=2, keepdim=True)
+    return 1.0 + extra * (moving * 4).clamp(0, 1)
+
+
+def _crops(clips, size: int, g: torch.Generator) -> torch.Tensor:
+    """One crop per clip, the same through time, aligned to the 8-pixel latent grid; centred on
+    a vehicle three times in four (vehicles are small), elsewhere at random."""
+    full = clips.video.shape[-1]
+    out = []
+    for i in range(len(clips)):
+        if torch.rand(1, generator=g) < 0.75:
+            frame = int(torch.randint(0, clips.video.shape[1], (1,), generator=g))
+            cx, cy = clips.centers[i, 0, frame].tolist()
+        else:
+            cx, cy = (torch.rand(2, generator=g) * full).tolist()
+        x0 = int(min(max(round((cx - size / 2) / 8) * 8, 0), full - size))
+        y0 = int(min(max(round((cy - size / 2) / 8) * 8, 0), full - size))
+        out.append(clips.video[i, :, :, y0:y0 + size, x0:x0 + size])
+    return torch.stack(out)
+
+
+def train_vae(out: Path, cfg: VaeConfig, world: WorldConfig) -> None:
+    stage = out / "vae"
+    if (stage / "config.json").exists():
+        print("vae: done already, skipping")
+        return
+    ckpt_dir = out / "checkpoints" / "vae"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    vae = models.vae()
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+    step, elapsed = 0, 0.0
+    if (ck := _latest(ckpt_dir)) is not None:
+        state = torch.load(ck, weights_only=True)
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, elapsed = state["step"], state["elapsed"]
+        print(f"vae: resuming at step {step}")
+    vae.train()
+    bar = tqdm(total=cfg.steps, initial=step, desc="vae")
+    while step < cfg.steps:
+        t0 = time.time()
+        g = torch.Generator().manual_seed(1_000 + step)
+        clips = make_clips(TRAIN_SEED, cfg.clips_per_step, world, start=step * cfg.clips_per_step)
+        x = _crops(clips, cfg.crop, g) * 2 - 1  # (B, F, 3, crop, crop)
+        weights = _sprite_weights(x, cfg.sprite_weight).flatten(0, 1)
+        frames = x.flatten(0, 1)
+        post = vae.encode(frames).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=g)
+        rec = vae.decode(z, num_frames=world.frames).sample
+        l1 = (weights * (rec - frames).abs()).mean()
+        loss = l1 + cfg.kl_weight * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        for group in opt.param_groups:  # cosine decay to 10 %
+            group["lr"] = cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
+        opt.step()
+        step += 1
+        elapsed += time.time() - t0
+        psnr = -10 * math.log10(F.mse_loss(rec.detach(), frames).item() / 4 + 1e-12)
+        bar.update(1)
+        bar.set_postfix(l1=f"{l1.item():.4f}", psnr=f"{psnr:.1f}")
+        _log_row(out / "vae_log.csv", {"step": step, "loss": f"{loss.item():.5f}",
+                                       "l1": f"{l1.item():.5f}", "psnr": f"{psnr:.2f}",
+                                       "seconds": f"{elapsed:.1f}"})
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            atomic_torch_save({"model": vae.state_dict(), "optimizer": opt.state_dict(),
+                               "step": step, "elapsed": elapsed}, ckpt_dir / f"step-{step}.pt")
+            _prune(ckpt_dir)
+    bar.close()
+    # Scale latents to unit variance, as SD/SVD's scaling factor does.
+    vae.eval()
+    with torch.no_grad():
+        x = make_clips(TRAIN_SEED + 1, 32, world).video.flatten(0, 1) * 2 - 1
+        std = vae.encode(x).latent_dist.mode().std().item()
+    vae.register_to_config(scaling_factor=1.0 / std)
+    tmp = stage.with_name("vae.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    vae.save_pretrained(tmp)
+    os.replace(tmp, stage)
+    _write_stage_report(out, "vae", {"steps": step, "seconds": elapsed, "latent_std": std,
+                                     "config": asdict(cfg)})
+
+
+def _write_stage_report(out: Path, name: str, info: dict) -> None:
+    path = out / "report.json"
+    report = json.loads(path.read_text()) if path.exists() else {}
+    report[name] = info
+    report["machine"] = {"platform": platform.platform(), "processor": platform.processor(),
+                         "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    path.write_text(json.dumps(report, indent=2))
+
+
+def _sigmas(cfg: ForwardConfig, batch: int, g: torch.Generator) -> torch.Tensor:
+    sig = cond.sample_sigmas(batch, cfg.p_mean, cfg.p_std, g)
+    lo, hi = math.log(models.SVD_SCHEDULER_CONFIG["sigma_min"]), math.log(
+        models.SVD_SCHEDULER_CONFIG["sigma_max"])
+    uni = torch.exp(lo + (hi - lo) * torch.rand(batch, generator=g))
+    pick = torch.rand(batch, generator=g) < cfg.p_uniform
+    return torch.where(pick, uni, sig)
+
+
+def train_forward(out: Path, cfg: ForwardConfig, world: WorldConfig, device: str = "cpu") -> None:
+    """The standard SVD objective: denoise a clip's latents conditioned on its FIRST frame."""
+    if (out / "unet" / "config.json").exists():
+        print("forward: done already, skipping")
+        return
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    ckpt_dir = out / "checkpoints" / "forward"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    vae = AutoencoderKLTemporalDecoder.from_pretrained(out / "vae").to(device).eval()
+    vae.requires_grad_(False)
+    sf = vae.config.scaling_factor
+    torch.manual_seed(1)
+    unet, encoder = models.unet(world.frames).to(device), models.image_encoder().to(device)
+    extractor = models.feature_extractor()
+    params = list(unet.parameters()) + list(encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema_unet, ema_encoder = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(
+        encoder).requires_grad_(False)
+    step, elapsed = 0, 0.0
+    if (ck := _latest(ckpt_dir)) is not None:
+        state = torch.load(ck, weights_only=True, map_location=device)
+        unet.load_state_dict(state["unet"])
+        encoder.load_state_dict(state["encoder"])
+        ema_unet.load_state_dict(state["ema_unet"])
+        ema_encoder.load_state_dict(state["ema_encoder"])
+        opt.load_state_dict(state["optimizer"])
+        step, elapsed = state["step"], state["elapsed"]
+        print(f"forward: resuming at step {step}")
+    unet.train()
+    encoder.train()
+    ids = cond.added_time_ids(cfg.fps, cfg.motion_bucket_id, cfg.noise_aug, cfg.batch,
+                              device=device)
+    bar = tqdm(total=cfg.steps, initial=step, desc="forward")
+    while step < cfg.steps:
+        t0 = time.time()
+        g = torch.Generator().manual_seed(2_000_000 + step)
+        clips = make_clips(TRAIN_SEED, cfg.batch, world, start=step * cfg.batch)
+        x = (clips.video * 2 - 1).to(device)  # (B, F, 3, H, W)
+        b, f = x.shape[:2]
+        first = x[:, 0]
+        with torch.no_grad():
+            z = vae.encode(x.flatten(0, 1)).latent_dist.mode().unflatten(0, (b, f)) * sf
+            cond_latent = cond.image_latent(vae, first, cfg.noise_aug,
+                                            torch.randn(first.shape, generator=g).to(device))
+        emb = cond.clip_embedding(encoder, extractor, first)
+        keep = (torch.rand(b, generator=g) >= cfg.cond_dropout).float().to(device)
+        emb = emb * keep.view(b, 1, 1)
+        cond_latent = cond_latent * keep.view(b, 1, 1, 1)
+        sigma = _sigmas(cfg, b, g).to(device)
+        noise = torch.randn(z.shape, generator=g).to(device)
+        s5 = sigma.view(b, 1, 1, 1, 1)
+        noisy = z + s5 * noise
+        c_in, c_skip, c_out, c_noise = cond.edm_scalings(s5)
+        inp = torch.cat([c_in * noisy, cond_latent.unsqueeze(1).expand(-1, f, -1, -1, -1)], 2)
+        v = unet(inp, c_noise.flatten(), emb, ids).sample
+        denoised = c_skip * noisy + c_out * v
+        per_sample = ((denoised - z) ** 2).mean(dim=(1, 2, 3, 4)) * cond.loss_weight(sigma)
+        loss = per_sample.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
+        lr *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.step()
+        decay = min(cfg.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for m, e in ((unet, ema_unet), (encoder, ema_encoder)):
+                for p, q in zip(m.parameters(), e.parameters()):
+                    q.lerp_(p, 1 - decay)
+        step += 1
+        elapsed += time.time() - t0
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        row = {"step": step, "loss": f"{loss.item():.5f}", "grad_norm": f"{gnorm.item():.3f}",
+               "lr": f"{lr:.2e}", "seconds": f"{elapsed:.1f}"}
+        for s, l in zip(sigma.tolist(), per_sample.tolist()):
+            row.setdefault("sigmas", []).append(f"{s:.4g}:{l:.4g}")
+        row["sigmas"] = " ".join(row["sigmas"])
+        _log_row(out / "forward_log.csv", row)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            atomic_torch_save({"unet": unet.state_dict(), "encoder": encoder.state_dict(),
+                               "ema_unet": ema_unet.state_dict(),
+                               "ema_encoder": ema_encoder.state_dict(),
+                               "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed},
+                              ckpt_dir / f"step-{step}.pt")
+            _prune(ckpt_dir)
+    bar.close()
+    for name, model in (("unet", ema_unet), ("image_encoder", ema_encoder)):
+        tmp = out / f"{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        os.replace(tmp, out / name)
+    models.feature_extractor().save_pretrained(out / "feature_extractor")
+    models.scheduler().save_pretrained(out / "scheduler")
+    _write_model_index(out)
+    _write_stage_report(out, "forward", {"steps": step, "seconds": elapsed,
+                                         "config": asdict(cfg)})
+
+
+def _write_model_index(out: Path) -> None:
+    """A model_index.json like SVD's, so the folder loads as any diffusers SVD model does."""
+    index = {
+        "_class_name": "StableVideoDiffusionPipeline",
+        "_diffusers_version": __import__("diffusers").__version__,
+        "feature_extractor": ["transformers", "CLIPImageProcessor"],
+        "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
+        "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+        "unet": ["diffusers", "UNetSpatioTemporalConditionModel"],
+        "vae": ["diffusers", "AutoencoderKLTemporalDecoder"],
+    }
+    (out / "model_index.json").write_text(json.dumps(index, indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--stage", choices=["vae", "forward", "all"], default="all")
+    p.add_argument("--vae-steps", type=int, default=VaeConfig.steps)
+    p.add_argument("--forward-steps", type=int, default=ForwardConfig.steps)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    a.out.mkdir(parents=True, exist_ok=True)
+    world = WorldConfig()
+    if a.stage in ("vae", "all"):
+        train_vae(a.out, VaeConfig(steps=a.vae_steps), world)
+    if a.stage in ("forward", "all"):
+        train_forward(a.out, ForwardConfig(steps=a.forward_steps), world, a.device)
+
+
+if __name__ == "__main__":
+    main()
