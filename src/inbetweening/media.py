@@ -128,3 +128,20 @@ def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     if not frames:
         raise InbetweeningError(f"{path}: the video has no frames")
     return np.stack(frames), fps
+
+
+def side_by_side(video: np.ndarray, keyframes: list, gap: int = 4) -> np.ndarray:
+    """Each frame of ``video`` ((F, H, W, 3) in [0, 1]) between the first and the last keyframe,
+    scaled to the video's height, with a dark gap between panels."""
+    f, h, w, _ = video.shape
+
+    def fit(im) -> np.ndarray:
+        im = im if isinstance(im, PIL.Image.Image) else PIL.Image.fromarray(np.asarray(im))
+        scaled = im.convert("RGB").resize((max(1, round(im.width * h / im.height)), h),
+                                          PIL.Image.LANCZOS)
+        return np.asarray(scaled).astype(np.float32) / 255.0
+
+    first, last = fit(keyframes[0]), fit(keyframes[-1])
+    pad = np.full((h, gap, 3), 0.1, dtype=np.float32)
+    return np.stack([np.concatenate([first, pad, frame.astype(np.float32), pad, last], axis=1)
+                     for frame in video])

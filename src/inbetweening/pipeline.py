@@ -7,6 +7,7 @@ re-injection, see :mod:`inbetweening.sampling`) -> decode in chunks -> frames.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ from .sampling import (
 from .utils import InbetweeningError
 
 BACKWARD_FILENAME = "backward.safetensors"  # a model folder may carry its backward weights
+# ... and recommended call arguments (e.g. the toy model's step count), as a JSON object.
+DEFAULTS_FILENAME = "inbetweening.json"
 ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor
 
 
@@ -83,6 +86,7 @@ class InbetweenPipeline(DiffusionPipeline):
         self.video_processor = VideoProcessor(do_resize=True,
                                               vae_scale_factor=self.vae_scale_factor)
         self.backward_metadata: dict[str, str] = {}
+        self.defaults: dict = {}  # recommended __call__ arguments of this model (CLI, app, demo)
         attention.install(self.unet)
 
     # -- loading -------------------------------------------------------------------------------
@@ -92,8 +96,11 @@ class InbetweenPipeline(DiffusionPipeline):
         (a file path or a dict of tensors). A local model folder holding ``backward.safetensors``
         (like the bundled toy model) gets those weights when ``backward`` is not given."""
         pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        folder = Path(str(pretrained_model_name_or_path))
+        if (folder / DEFAULTS_FILENAME).is_file():
+            pipe.defaults = json.loads((folder / DEFAULTS_FILENAME).read_text())
         if backward is None:
-            own = Path(str(pretrained_model_name_or_path)) / BACKWARD_FILENAME
+            own = folder / BACKWARD_FILENAME
             backward = own if own.is_file() else None
         if backward is not None:
             pipe.load_backward_weights(backward)

@@ -1,0 +1,126 @@
+"""Finding and loading a model: the bundled toy model by default, or any diffusers SVD folder or
+hub id; devices and dtypes by name. One place for what the CLI, the demo, training, evaluation
+and the app all need."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .utils import InbetweeningError
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
+          "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def bundled_model() -> Path | None:
+    """The toy model shipped inside the package, or None if this checkout has none yet."""
+    from .toy.models import BUNDLED_MODEL
+
+    return BUNDLED_MODEL if (BUNDLED_MODEL / "model_index.json").is_file() else None
+
+
+def default_device(device: str | None = None) -> torch.device:
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise InbetweeningError(f"unknown device {device!r} (try cpu, cuda, cuda:1)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InbetweeningError(f"device {device!r} asked for, but no CUDA GPU is available")
+    return dev
+
+
+def parse_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """fp32 / fp16 / bf16; by default fp16 on a GPU and fp32 on the CPU."""
+    if name in (None, "", "auto"):
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise InbetweeningError(f"unknown dtype {name!r}; choose fp32, fp16 or bf16")
+    return DTYPES[name]
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """'WxH' -> (width, height)."""
+    if text in (None, ""):
+        return None
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise InbetweeningError(f"size must look like 1024x576 (width x height), not {text!r}") \
+            from None
+    if w <= 0 or h <= 0 or w % 64 or h % 64:
+        raise InbetweeningError(f"size {w}x{h} is not a multiple of 64 in both sides")
+    return w, h
+
+
+def tiny_random_components(num_frames: int = 8, seed: int = 0) -> dict:
+    """An untrained SVD of the toy model's shapes: what commands run on when no trained model is
+    available (they say so)."""
+    from .toy import models
+
+    torch.manual_seed(seed)
+    return dict(vae=models.vae().eval(), image_encoder=models.image_encoder().eval(),
+                unet=models.unet(num_frames).eval(), scheduler=models.scheduler(),
+                feature_extractor=models.feature_extractor())
+
+
+def resolve_model(model: str | os.PathLike | None) -> str | Path | None:
+    """The model to load: ``model`` as given, else the bundled toy model; None if neither."""
+    if model not in (None, ""):
+        path = Path(model)
+        if path.exists():
+            if not (path / "model_index.json").is_file():
+                raise InbetweeningError(f"{path} is not a diffusers model folder (no "
+                                        "model_index.json)")
+            return path
+        text = str(model)
+        parts = text.split("/")
+        if len(parts) == 2 and all(parts) and not text.startswith((".", "~")):
+            return text  # a hub id (owner/name)
+        raise InbetweeningError(f"model folder not found: {model}")
+    return bundled_model()
+
+
+def load_pipeline(model=None, backward=None, device=None, dtype=None, *, quiet: bool = False,
+                  allow_random: bool = True):
+    """An :class:`InbetweenPipeline` on ``device`` in ``dtype``.
+
+    ``model``: a diffusers SVD folder or hub id; default the bundled toy model. Without either
+    (a checkout whose toy model is not trained yet) a tiny untrained model is used and a note
+    printed. ``backward``: a backward-weights file (default: the model folder's own
+    ``backward.safetensors`` if it has one).
+    """
+    from .pipeline import InbetweenPipeline
+
+    dev = default_device(device) if not isinstance(device, torch.device) else device
+    dt = parse_dtype(dtype, dev) if not isinstance(dtype, torch.dtype) else dtype
+    source = resolve_model(model)
+    if source is None:
+        if not allow_random:
+            raise InbetweeningError("no model given and no bundled toy model in this install")
+        if not quiet:
+            print("note: no trained toy model is bundled in this checkout; using a tiny UNTRAINED "
+                  "model (its videos are noise)")
+        pipe = InbetweenPipeline(**tiny_random_components())
+        from . import backward as bw
+
+        bw.init_backward_weights(pipe.unet, requires_grad=False)
+        if backward is not None:
+            pipe.load_backward_weights(backward)
+    else:
+        try:
+            pipe = InbetweenPipeline.from_pretrained(source, backward=backward, torch_dtype=dt)
+        except InbetweeningError:
+            raise
+        except (OSError, ValueError, EnvironmentError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InbetweeningError(f"cannot load model {source}: {first}") from None
+    pipe.to(dev, dt)
+    if not quiet:
+        pipe.set_progress_bar_config(leave=False)
+    return pipe
+
