@@ -3,7 +3,7 @@
 Every temporal self-attention layer (``...temporal_transformer_blocks.0.attn1``; 16 in SVD-XT) gets
 a :class:`TemporalAttentionProcessor`. A processor knows its layer's *plan* for the backward
 direction (use the forward maps rotated by 180 degrees or not; use the backward weights or the
-base ones) and runs in one of four *phases*:
+base ones) and runs in one of these *phases*:
 
 ``plain``   ordinary attention (the base model, e.g. the ``forward`` method);
 ``fused``   one UNet call for both directions: the batch is forward rows then backward rows, and
@@ -13,6 +13,9 @@ base ones) and runs in one of four *phases*:
             map is ever materialised;
 ``record``  the paper literally, first call: explicit softmax maps, kept for the second call;
 ``inject``  the paper literally, second call (backward rows only): the kept maps, rotated.
+``record_qk`` / ``inject_qk``  two calls without maps (fine-tuning): the forward call keeps its
+            Q, K flipped in time (detached); the backward call attends with
+            ``sdpa(Q_fwd.flip, K_fwd.flip, V_bwd)``, so it alone needs autograd.
 
 The literal ``record``/``inject`` pair is the reference the fused path is tested against.
 """
@@ -28,7 +31,7 @@ import torch.nn.functional as F
 from .utils import InbetweeningError
 
 TEMPORAL_SELF_ATTENTION = "temporal_transformer_blocks.0.attn1"
-PHASES = ("plain", "fused", "record", "inject")
+PHASES = ("plain", "fused", "record", "inject", "record_qk", "inject_qk")
 # Names of the projections a backward-weights file may hold, relative to the layer.
 ROTATION_TENSORS = ("to_v.weight", "to_out.0.weight")
 NO_ROTATION_TENSORS = ("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight")
@@ -75,6 +78,7 @@ class TemporalAttentionProcessor:
         self.plan = LayerPlan(rotate=False, backward_weights=False)
         self.weights: dict[str, torch.Tensor] = {}
         self.maps: torch.Tensor | None = None  # recorded softmax maps (reference path)
+        self.qk: tuple[torch.Tensor, torch.Tensor] | None = None  # flipped forward Q, K
 
     # -- projections -------------------------------------------------------------------------
     def _base(self, attn) -> dict[str, torch.Tensor | None]:
@@ -109,10 +113,17 @@ class TemporalAttentionProcessor:
             return self._record(attn, x)
         if self.phase == "inject":
             return self._inject(attn, x)
+        if self.phase == "record_qk":
+            return self._record_qk(attn, x)
+        if self.phase == "inject_qk":
+            return self._inject_qk(attn, x)
         raise ValueError(f"unknown phase {self.phase!r}")
 
     def _attend(self, attn, x, w):
         q, k, v = (self._lin(x, w[n]) for n in ("to_q.weight", "to_k.weight", "to_v.weight"))
+        return self._sdpa(attn, q, k, v, w)
+
+    def _sdpa(self, attn, q, k, v, w):
         h = attn.heads
         o = F.scaled_dot_product_attention(_heads(q, h), _heads(k, h), _heads(v, h),
                                            scale=attn.scale)
@@ -171,6 +182,23 @@ class TemporalAttentionProcessor:
             a = self._softmax_map(attn, self._lin(x, w["to_q.weight"]),
                                   self._lin(x, w["to_k.weight"]))
         return self._apply_map(attn, a, self._lin(x, w["to_v.weight"]), w)
+
+    def _record_qk(self, attn, x):
+        w = self._base(attn)
+        q, k = self._lin(x, w["to_q.weight"]), self._lin(x, w["to_k.weight"])
+        self.qk = (q.detach().flip(1), k.detach().flip(1)) if self.plan.rotate else None
+        return self._sdpa(attn, q, k, self._lin(x, w["to_v.weight"]), w)
+
+    def _inject_qk(self, attn, x):
+        w = self._backward(attn, x)
+        if self.plan.rotate:
+            if self.qk is None or self.qk[0].shape[0] != x.shape[0]:
+                raise RuntimeError(f"{self.name}: no recorded Q, K for these rows; run the "
+                                   "forward call in the 'record_qk' phase first")
+            q, k = self.qk
+        else:
+            q, k = self._lin(x, w["to_q.weight"]), self._lin(x, w["to_k.weight"])
+        return self._sdpa(attn, q, k, self._lin(x, w["to_v.weight"]), w)
 
 
 def _check_layer(name: str, attn) -> None:
@@ -231,3 +259,5 @@ def phase(unet, name: str, plans: dict[str, LayerPlan] | None = None):
             proc.phase = "plain"
             if name == "inject":
                 proc.maps = None
+            if name == "inject_qk":
+                proc.qk = None
