@@ -1,0 +1,190 @@
+"""Fused vs reference dual-directional sampling: time per prediction, time per video, peak memory.
+
+    python benchmarks/sampling.py --out benchmarks/results            # CPU: tiny model
+    python benchmarks/sampling.py --out benchmarks/results --device cuda   # + SVD-XT-sized UNet
+
+CPU rows use a tiny random SVD (the toy model's shapes) in fp32, timed by the process's CPU
+time with one thread (robust to other load on the machine). On a GPU the script also builds
+an SVD-XT-sized UNet with random weights (speed and memory do not depend on the weight values) and
+times it at 1024x576, 25 frames, fp16. Modes are timed interleaved (A B A B ...) in one run and
+the median is reported, so a busy machine slows both alike. Writes ``sampling.md`` (a markdown
+table) and ``sampling.json`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from inbetweening import attention, backward
+from inbetweening.methods import layer_plans
+from inbetweening.sampling import (
+    InbetweenDenoiser, KeyframeCondition, count_predictions, fuse_weights, guidance_per_frame,
+)
+
+MODES = {"fused (default: by device)": dict(dual_pass="fused"),
+         "fused, one call": dict(dual_pass="fused", max_rows=0),
+         "fused, calls of 2 rows": dict(dual_pass="fused", max_rows=2),
+         "reference": dict(dual_pass="reference")}
+
+
+def build_unet(kind: str, device, dtype):
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    from inbetweening.toy import models
+
+    torch.manual_seed(0)
+    if kind == "tiny":
+        unet = models.unet()
+    else:  # the class defaults are SVD-XT's UNet config (see ../shared/notes/svd-facts.md)
+        with torch.device(device):
+            unet = UNetSpatioTemporalConditionModel(sample_size=96, num_frames=25)
+    unet = unet.to(device, dtype).eval().requires_grad_(False)
+    backward.init_backward_weights(unet, dtype=dtype, requires_grad=False)
+    return unet
+
+
+def denoiser(unet, mode: dict, frames: int, latent_hw, device, dtype):
+    c = unet.config
+    channels = c.in_channels // 2
+    g = torch.Generator().manual_seed(0)
+
+    def cond():
+        return KeyframeCondition(
+            embedding=torch.randn(1, 1, c.cross_attention_dim, generator=g).to(device, dtype),
+            latent=torch.randn(1, channels, *latent_hw, generator=g).to(device, dtype))
+
+    ids = torch.tensor([[6.0, 127.0, 0.02]], device=device, dtype=dtype)
+    plans = layer_plans("gi", list(attention.temporal_attention_layers(unet)), "rotation")
+    den = InbetweenDenoiser(unet, "gi", cond(), cond(), ids, guidance_per_frame(frames, 1, 3, True),
+                            fuse_weights(frames, "average"), plans, **mode)
+    x = torch.randn(1, frames, channels, *latent_hw, generator=g).to(device, torch.float32)
+    return den, x
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def clock(device) -> float:
+    """Wall time on a GPU; on the CPU, this process's CPU time, which other processes on a busy
+    machine barely disturb (run with one thread so that it equals the work done)."""
+    return time.perf_counter() if device.type == "cuda" else time.process_time()
+
+
+def measure(kind: str, device, dtype, frames: int, latent_hw, repeats: int, steps: int):
+    unet = build_unet(kind, device, dtype)
+    dens = {name: denoiser(unet, mode, frames, latent_hw, device, dtype)
+            for name, mode in MODES.items()}
+    sigma = torch.tensor(2.0, device=device)
+    times = {name: [] for name in MODES}
+    peaks = {}
+    with torch.no_grad():
+        for name, (den, x) in dens.items():  # warm-up, and peak memory on a GPU
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+            with RssPeak() as rss:
+                den(x, sigma)
+                sync(device)
+            if device.type == "cuda":
+                peaks[name] = f"{(torch.cuda.max_memory_allocated() - base) / 2**30:.2f} GiB"
+            else:
+                peaks[name] = f"+{rss.mib:.0f} MiB RSS"
+        for _ in range(repeats):
+            for name, (den, x) in dens.items():
+                t0 = clock(device)
+                den(x, sigma)
+                sync(device)
+                times[name].append(clock(device) - t0)
+    per_video = count_predictions(steps, 5, 0.5)
+    rows = []
+    ref = statistics.median(times["reference"])
+    for name in MODES:
+        t = statistics.median(times[name])
+        rows.append({"model": kind, "device": device.type, "dtype": str(dtype).split(".")[-1],
+                     "frames": frames, "latent": f"{latent_hw[1]}x{latent_hw[0]}", "mode": name,
+                     "s_per_prediction": t, "s_per_video": t * per_video,
+                     "ratio_to_reference": t / ref, "peak": peaks.get(name)})
+    return rows, per_video
+
+
+class RssPeak:
+    """Peak resident memory above the level at entry, polled every half millisecond (the CPU
+    has no allocator statistics like CUDA's)."""
+
+    def __enter__(self):
+        import threading
+
+        import psutil
+
+        self.proc, self.peak, self.stop = psutil.Process(), 0, threading.Event()
+        self.base = self.proc.memory_info().rss
+
+        def poll():
+            while not self.stop.is_set():
+                self.peak = max(self.peak, self.proc.memory_info().rss - self.base)
+                time.sleep(0.0005)
+
+        self.thread = threading.Thread(target=poll, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self.mib = self.peak / 2**20
+
+
+def markdown(rows, per_video: dict) -> str:
+    lines = ["| model | device | dtype | frames | latent | mode | s / prediction | "
+             "s / video | vs reference | peak memory |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        peak = r["peak"] or "-"
+        lines.append(f"| {r['model']} | {r['device']} | {r['dtype']} | {r['frames']} | "
+                     f"{r['latent']} | {r['mode']} | {r['s_per_prediction']:.4f} | "
+                     f"{r['s_per_video']:.1f} | {r['ratio_to_reference']:.2f}x | {peak} |")
+    notes = [f"- s / video = s / prediction x {n} fused predictions ({k})" for k, n in
+             per_video.items()]
+    return "\n".join(lines + [""] + notes) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: CPU time "
+                                                          "then measures the work done)")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    rows, per_video = [], {}
+    r, n = measure("tiny", torch.device("cpu"), torch.float32, 8, (8, 8), a.repeats, 25)
+    rows += r
+    per_video["tiny: 25 steps, 5 re-injections on half of them"] = n
+    device = torch.device(a.device)
+    if device.type == "cuda":
+        r, n = measure("svd-xt", device, torch.float16, 25, (72, 128), max(3, a.repeats // 4), 50)
+        rows += r
+        per_video["svd-xt: 50 steps, the published recipe"] = n
+    a.out.mkdir(parents=True, exist_ok=True)
+    table = markdown(rows, per_video)
+    machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+               + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""))
+    (a.out / "sampling.md").write_text(f"Measured on: {machine}, torch {torch.__version__}\n\n"
+                                       + table)
+    (a.out / "sampling.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
