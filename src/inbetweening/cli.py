@@ -21,6 +21,7 @@ from .utils import InbetweeningError
 # parser and sets ``func`` (a function of the parsed arguments) as a default.
 COMMAND_MODULES = (
     "inbetweening.training",
+    "inbetweening.evaluation",
 )
 
 

@@ -50,7 +50,7 @@ INCEPTION_SIZE = 299
 def as_video(video) -> torch.Tensor:
     """A video as an (F, 3, H, W) float tensor in [0, 1]. Accepts (F, 3, H, W) or (F, H, W, 3)
     arrays or tensors, uint8 or float in [0, 1]; a single image becomes a one-frame video."""
-    v = video if isinstance(video, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(video))
+    v = video if isinstance(video, torch.Tensor) else torch.from_numpy(np.array(video))
     if v.ndim == 3:
         v = v[None]
     if v.ndim != 4:

@@ -59,14 +59,14 @@ def track(video, colors, start, *, radius: float = RADIUS, tolerance: float = CO
     The first frame is tracked too (from ``start``), so a video whose first frame does not
     show the sprite where the keyframe has it is measured as such.
     """
-    frames = as_video(video)
-    colors = torch.as_tensor(np.asarray(colors), dtype=torch.float32).reshape(-1, 3)
-    start = torch.as_tensor(np.asarray(start), dtype=torch.float32).reshape(-1, 2)
+    frames = as_video(video).double()  # float64: sums that do not depend on memory layout
+    colors = torch.as_tensor(np.asarray(colors), dtype=torch.float64).reshape(-1, 3)
+    start = torch.as_tensor(np.asarray(start), dtype=torch.float64).reshape(-1, 2)
     if len(colors) != len(start):
         raise InbetweeningError(f"{len(colors)} colours but {len(start)} start positions")
     n_frames, _, h, w = frames.shape
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32) + 0.5,
-                            torch.arange(w, dtype=torch.float32) + 0.5, indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64) + 0.5,
+                            torch.arange(w, dtype=torch.float64) + 0.5, indexing="ij")
     positions = np.zeros((len(colors), n_frames, 2), dtype=np.float64)
     found = np.zeros((len(colors), n_frames), dtype=bool)
     for s in range(len(colors)):
