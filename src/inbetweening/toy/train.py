@@ -38,7 +38,7 @@ TRAIN_SEED = 0  # the training stream of the toy world; held-out seeds are >= wo
 
 @dataclass
 class VaeConfig:
-    steps: int = 1500
+    steps: int = 3000
     clips_per_step: int = 4
     crop: int = 32  # train on crops (the VAE is convolutional): 4x cheaper per frame
     lr: float = 1e-3
@@ -49,7 +49,7 @@ class VaeConfig:
 
 @dataclass
 class ForwardConfig:
-    steps: int = 3000
+    steps: int = 5000
     batch: int = 8
     lr: float = 4e-4
     warmup: int = 100
@@ -306,6 +306,107 @@ def _write_model_index(out: Path) -> None:
         "vae": ["diffusers", "AutoencoderKLTemporalDecoder"],
     }
     (out / "model_index.json").write_text(json.dumps(index, indent=2))
+
+
+# Recommended call arguments of the bundled toy model (written to its inbetweening.json; the CLI,
+# demo, evaluation and app use them unless told otherwise).
+TOY_DEFAULTS = {"num_inference_steps": 25, "reinject_count": 3, "fps": 7}
+
+COMPONENTS = ("vae", "unet", "image_encoder", "feature_extractor", "scheduler")
+
+
+def bundle(out: Path, dest: Path = models.BUNDLED_MODEL) -> Path:
+    """Copy the trained toy model into the package: a diffusers folder in fp16, its backward
+    weights, and its recommended call arguments. Replaces ``dest`` in one move."""
+    from diffusers import (
+        AutoencoderKLTemporalDecoder,
+        EulerDiscreteScheduler,
+        UNetSpatioTemporalConditionModel,
+    )
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    from ..backward import load_backward_weights_file, save_backward_weights
+
+    classes = {"vae": AutoencoderKLTemporalDecoder, "unet": UNetSpatioTemporalConditionModel,
+               "image_encoder": CLIPVisionModelWithProjection,
+               "feature_extractor": CLIPImageProcessor, "scheduler": EulerDiscreteScheduler}
+    missing = [c for c in COMPONENTS if not (out / c).is_dir()]
+    if missing or not (out / "backward.safetensors").is_file():
+        raise SystemExit(f"cannot bundle {out}: missing {missing or ['backward.safetensors']}")
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, cls in classes.items():
+        part = cls.from_pretrained(out / name)
+        if isinstance(part, torch.nn.Module):
+            part = part.to(torch.float16)
+        part.save_pretrained(tmp / name)
+    _write_model_index(tmp)
+    tensors, meta = load_backward_weights_file(out / "backward.safetensors")
+    save_backward_weights(tmp / "backward.safetensors", tensors, metadata=meta,
+                          dtype=torch.float16)
+    (tmp / "inbetweening.json").write_text(json.dumps(TOY_DEFAULTS, indent=2) + "\n")
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
+    print(f"bundled {out} -> {dest} ({size / 2**20:.1f} MiB)")
+    return dest
+
+
+def _read_log(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def _smooth(values: list[float], window: int) -> list[float]:
+    out, acc = [], 0.0
+    for i, v in enumerate(values):
+        acc += v
+        if i >= window:
+            acc -= values[i - window]
+        out.append(acc / min(i + 1, window))
+    return out
+
+
+def plot_report(out: Path, docs: Path) -> list[Path]:
+    """Loss curves of every stage as PNG under ``docs``; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    docs.mkdir(parents=True, exist_ok=True)
+    written = []
+    stages = [("vae", "vae_log.csv", "psnr", "reconstruction PSNR (dB, crops)"),
+              ("forward", "forward_log.csv", "loss", "weighted denoising loss"),
+              ("backward", "backward/log.csv", "loss", "weighted denoising loss")]
+    fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 3.6))
+    for ax, (name, log, key, label) in zip(axes, stages):
+        rows = _read_log(out / log)
+        rows = [r for r in rows if r.get(key) not in (None, "")]
+        if not rows:
+            ax.set_title(f"{name}: no log")
+            continue
+        steps = [int(float(r["step"])) for r in rows]
+        vals = [float(r[key]) for r in rows]
+        window = max(1, len(vals) // 50)
+        ax.plot(steps, vals, alpha=0.25, lw=0.8)
+        ax.plot(steps, _smooth(vals, window), lw=1.6)
+        ax.set_title(f"{name} ({len(rows)} steps)")
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+        if key == "loss":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = docs / "toy-training.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+    return written
 
 
 def main(argv: list[str] | None = None) -> None:
