@@ -1,8 +1,11 @@
-"""Reading keyframes and videos, writing videos (mp4, gif, webp, a folder of PNGs) atomically."""
+"""Reading keyframes and videos, writing videos (mp4, gif, webp, a folder of PNGs, a zip of PNGs)
+atomically."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -38,14 +41,27 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = 64_000_000) -> 
 
 
 def output_kind(path: str | os.PathLike) -> str:
-    """'mp4', 'gif', 'webp', or 'png' (a folder of PNG frames: a path without a suffix)."""
+    """'mp4', 'gif', 'webp', 'zip' (PNG frames in a zip file) or 'png' (a folder of PNG frames:
+    a path without a suffix)."""
     suffix = Path(path).suffix.lower()
-    if suffix in VIDEO_SUFFIXES:
+    if suffix in VIDEO_SUFFIXES or suffix == ".zip":
         return suffix[1:]
     if suffix == "":
         return "png"
-    raise InbetweeningError(f"cannot write {path}: the output must end in .mp4, .gif or .webp, "
-                            "or be a folder name (for PNG frames)")
+    raise InbetweeningError(f"cannot write {path}: the output must end in .mp4, .gif, .webp or "
+                            ".zip (PNG frames), or be a folder name (for PNG frames)")
+
+
+def frame_name(i: int) -> str:
+    """The file name of frame ``i`` in a PNG folder or zip."""
+    return f"frame_{i:04d}.png"
+
+
+def _even(a: np.ndarray) -> np.ndarray:
+    """Pad a frame by repeating its last row / column to even sides (H.264 in yuv420p needs
+    them)."""
+    h, w = a.shape[:2]
+    return np.pad(a, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge") if h % 2 or w % 2 else a
 
 
 def check_output(path: str | os.PathLike, overwrite: bool) -> str:
@@ -73,34 +89,57 @@ def write_video(frames, path: str | os.PathLike, fps: float = 7, *,
                 overwrite: bool = False) -> Path:
     """Write frames (PIL images or HxWx3 arrays, uint8 or float in [0, 1]) to ``path``.
 
-    ``.mp4`` (H.264, yuv420p), ``.gif``, ``.webp`` (animated, lossless), or a folder of PNGs
-    (``frame_0000.png`` ...). The file appears only when complete.
+    ``.mp4`` (H.264, yuv420p; odd sides are padded by one pixel), ``.gif`` (identical
+    consecutive frames are merged into one longer frame, which plays the same), ``.webp``
+    (animated, lossless), ``.zip`` (PNG frames) or a folder of PNGs (``frame_0000.png`` ...).
+    The file appears only when complete; a failure leaves nothing behind.
     """
     kind = check_output(path, overwrite)
+    if not fps > 0:
+        raise InbetweeningError(f"the frame rate must be positive, not {fps}")
     arrays = _as_uint8(frames)
     if not arrays:
         raise InbetweeningError("no frames to write")
+    if any(a.ndim != 3 or a.shape[-1] != 3 or a.shape != arrays[0].shape for a in arrays):
+        raise InbetweeningError("frames must all be H x W x 3 of the same size")
     path = Path(path)
     with atomic_path(path, overwrite=overwrite) as tmp:
         if kind == "mp4":
             import imageio.v2 as imageio
 
+            arrays = [_even(a) for a in arrays]
             h, w = arrays[0].shape[:2]
             block = 16 if h % 16 == 0 and w % 16 == 0 else 1
-            with imageio.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264",
-                                    pixelformat="yuv420p", quality=9, macro_block_size=block,
-                                    ffmpeg_log_level="error") as writer:
+            writer = imageio.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264",
+                                        pixelformat="yuv420p", quality=9, macro_block_size=block,
+                                        ffmpeg_log_level="error")
+            # Not imageio's `with`: on an error it leaves ffmpeg running, which then writes the
+            # file after it was cleaned up. Close it here, on success and on failure.
+            try:
                 for a in arrays:
                     writer.append_data(a)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    writer.close()
+                raise
+            writer.close()
         elif kind in ("gif", "webp"):
             ims = [PIL.Image.fromarray(a) for a in arrays]
             extra = {"lossless": True} if kind == "webp" else {"disposal": 1}
             ims[0].save(tmp, format=kind.upper(), save_all=True, append_images=ims[1:],
                         duration=round(1000 / fps), loop=0, **extra)
+        elif kind == "zip":
+            import io
+
+            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
+                for i, a in enumerate(arrays):
+                    buf = io.BytesIO()
+                    PIL.Image.fromarray(a).save(buf, format="PNG")
+                    z.writestr(frame_name(i), buf.getvalue())
         else:
             tmp.mkdir()
             for i, a in enumerate(arrays):
-                PIL.Image.fromarray(a).save(tmp / f"frame_{i:04d}.png")
+                PIL.Image.fromarray(a).save(tmp / frame_name(i))
     return path
 
 
