@@ -83,10 +83,14 @@ def find_sources(root: Path) -> tuple[list[Path], list[list[Path]]]:
     """Video files and frame folders (as their sorted image files) under ``root``."""
     if root.is_file():
         return [root], []
-    videos, folders = [], []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
+    videos, folders, seen = [], [], set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         here = Path(dirpath)
+        if here.resolve() in seen:  # a link back up the tree
+            dirnames.clear()
+            continue
+        seen.add(here.resolve())
+        dirnames.sort()
         files = sorted((here / f for f in filenames), key=_natural_key)
         images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
         if images:

@@ -1,0 +1,355 @@
+"""Backward-motion fine-tuning (inbetweening.training) on tiny random SVD models."""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_components
+
+from inbetweening import attention, backward, cli, conditioning, media, training
+from inbetweening.data import ClipDataset
+from inbetweening.methods import layer_plans
+from inbetweening.pipeline import InbetweenPipeline
+from inbetweening.toy.world import make_clips
+
+FRAMES = 6  # the tiny model's frame count
+
+
+@pytest.fixture(scope="module")
+def clips_dir(tmp_path_factory) -> Path:
+    """Three toy clips (8 frames, 64x64) as PNG frame folders."""
+    root = tmp_path_factory.mktemp("clips")
+    video = make_clips(0, 3).video.permute(0, 1, 3, 4, 2).numpy()
+    for i, v in enumerate(video):
+        media.write_video(v, root / f"clip{i}")
+    return root
+
+
+def small_config(data, out, **kw) -> training.TrainConfig:
+    base = dict(data=str(data), output=str(out), stride=1, steps=3, checkpoint_every=100,
+                sample_every=0, progress=False, device="cpu", overwrite=True)
+    return training.TrainConfig(**{**base, **kw})
+
+
+def fresh_pipe(seed: int = 0) -> InbetweenPipeline:
+    pipe = InbetweenPipeline(**tiny_components(FRAMES, seed))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def random_batch(b: int = 2, seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    return dict(z=r(b, FRAMES, 4, 8, 8), sigma=torch.tensor([0.4, 3.0])[:b],
+                noise=r(b, FRAMES, 4, 8, 8), emb_first=r(b, 1, 32), emb_last=r(b, 1, 32),
+                lat_first=r(b, 4, 8, 8), lat_last=r(b, 4, 8, 8))
+
+
+def perturbed_weights(unet, variant: str) -> dict[str, torch.nn.Parameter]:
+    """Trainable backward weights that differ from the base (as after some training)."""
+    weights = backward.init_backward_weights(unet.requires_grad_(False), variant)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in weights.values():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return weights
+
+
+def gradients(unet, weights, variant, dual_pass, batch) -> list[torch.Tensor]:
+    plans = layer_plans("gi", list(attention.temporal_attention_layers(unet)), variant)
+    ids = conditioning.added_time_ids(7, 127, 0.02, 1)
+    objective = training.BackwardObjective(unet, weights, plans, ids, dual_pass)
+    for p in weights.values():
+        p.grad = None
+    loss, _ = objective(batch)
+    loss.backward()
+    return [p.grad.clone() for p in weights.values()]
+
+
+def assert_close_rel(got, want, rel=1e-5):
+    for a, b in zip(got, want):
+        scale = b.abs().max().item()
+        assert scale > 0
+        torch.testing.assert_close(a, b, rtol=rel, atol=rel * scale)
+
+
+# -- the training step ---------------------------------------------------------------------------
+
+def test_split_and_fused_gradients_equal_the_reference():
+    """The default step (split) and the sampler's fused call give the gradients of the paper's
+    literal two-call step with explicit rotated maps; and those depend on the forward branch."""
+    unet = fresh_pipe().unet
+    weights = perturbed_weights(unet, "rotation")
+    batch = random_batch()
+    ref = gradients(unet, weights, "rotation", "reference", batch)
+    for dual_pass in ("split", "fused"):
+        assert_close_rel(gradients(unet, weights, "rotation", dual_pass, batch), ref)
+    # The backward branch reads the forward branch's maps: other first-frame conditioning,
+    # other gradients.
+    other = dict(batch, emb_first=batch["emb_first"] + 1.0)
+    changed = gradients(unet, weights, "rotation", "split", other)
+    assert max((a - b).abs().max() for a, b in zip(changed, ref)) > 1e-3 * max(
+        b.abs().max() for b in ref)
+
+
+def test_no_rotation_variant_trains_qkvo_and_uses_no_maps():
+    """w/o RA: to_q, to_k, to_v, to_out.0 train, and the backward branch is simply the UNet with
+    those weights swapped in (no forward branch at all)."""
+    unet = fresh_pipe().unet
+    weights = perturbed_weights(unet, "no-rotation")
+    assert {n.rsplit("attn1.", 1)[1] for n in weights} == {
+        "to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight"}
+    batch = random_batch()
+    got = gradients(unet, weights, "no-rotation", "split", batch)
+    # Oracle: the plain UNet with the backward weights substituted, on the reversed clip.
+    for p in weights.values():
+        p.grad = None
+    s = batch["sigma"].view(-1, 1, 1, 1, 1)
+    noisy_b, target = (batch["z"] + s * batch["noise"]).flip(1), batch["z"].flip(1)
+    inp, t = training.unet_input(noisy_b, batch["sigma"], batch["lat_last"])
+    ids = conditioning.added_time_ids(7, 127, 0.02, 2)
+    with attention.phase(unet, "plain"):
+        v = torch.func.functional_call(unet, dict(weights), (inp, t, batch["emb_last"], ids),
+                                       {"return_dict": False})[0]
+    _, c_skip, c_out, _ = conditioning.edm_scalings(s)
+    per = ((c_skip * noisy_b + c_out * v - target) ** 2).mean(dim=(1, 2, 3, 4))
+    (per * conditioning.loss_weight(batch["sigma"])).mean().backward()
+    want = [p.grad.clone() for p in weights.values()]
+    assert_close_rel(got, want)
+    assert_close_rel(gradients(unet, weights, "no-rotation", "fused", batch), want)
+    # The forward branch plays no part.
+    other = dict(batch, emb_first=batch["emb_first"] + 1.0, lat_first=batch["lat_first"] * 0)
+    assert_close_rel(gradients(unet, weights, "no-rotation", "split", other), want)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    unet = fresh_pipe().unet
+    weights = perturbed_weights(unet, "rotation")
+    batch = random_batch()
+    plain = gradients(unet, weights, "rotation", "split", batch)
+    unet.enable_gradient_checkpointing()
+    assert_close_rel(gradients(unet, weights, "rotation", "split", batch), plain)
+    assert_close_rel(gradients(unet, weights, "rotation", "fused", batch), plain)
+
+
+# -- training runs -------------------------------------------------------------------------------
+
+def state(module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_training_changes_only_the_backward_weights(clips_dir, tmp_path):
+    pipe = fresh_pipe()
+    before = {name: state(getattr(pipe, name)) for name in ("unet", "vae", "image_encoder")}
+    path = training.train(small_config(clips_dir, tmp_path / "run", lr=1e-3), pipe=pipe)
+    for name, tensors in before.items():
+        after = getattr(pipe, name).state_dict()
+        assert after.keys() == tensors.keys()
+        for k, v in tensors.items():
+            assert torch.equal(after[k], v), f"{name}.{k} changed"
+    tensors, meta = backward.load_backward_weights_file(path)
+    own = dict(pipe.unet.named_parameters())
+    assert set(tensors) == set(backward.backward_parameter_names(pipe.unet, "rotation"))
+    assert all(t.dtype == torch.float32 for t in tensors.values())
+    moved = [(tensors[n] - own[n]).abs().max().item() for n in tensors]
+    assert min(moved) > 1e-4  # every backward tensor trained
+    assert meta["variant"] == "rotation" and meta["steps"] == "3"
+    assert meta["num_frames"] == str(FRAMES)
+
+
+def test_loss_falls_when_overfitting_two_clips(clips_dir, tmp_path):
+    data = tmp_path / "two"
+    data.mkdir()
+    for i in range(2):
+        (data / f"clip{i}").symlink_to(clips_dir / f"clip{i}")
+    cfg = small_config(data, tmp_path / "run", steps=40, batch_size=2, lr=1e-2,
+                       sigma_set=(0.5, 1.0, 2.0))
+    pipe = fresh_pipe()
+    backward.init_backward_weights(pipe.unet.requires_grad_(False))
+
+    def held_out_loss() -> float:
+        """The loss on the same clips at noise the run never draws (micro-steps 10000+)."""
+        ds = ClipDataset(data, FRAMES, (64, 64), 1)
+        batches = training.Batches(cfg, ds, training.ClipEncoder(pipe, ds, True, False), pipe,
+                                   0, 1)
+        plans = layer_plans("gi", list(attention.temporal_attention_layers(pipe.unet)),
+                            "rotation")
+        objective = training.BackwardObjective(
+            pipe.unet, backward.backward_parameters(pipe.unet), plans,
+            conditioning.added_time_ids(7, 127, 0.02, 1))
+        with torch.no_grad():
+            return sum(objective(batches(10_000 + m))[0].item() for m in range(8)) / 8
+
+    start = held_out_loss()
+    training.train(cfg, pipe=pipe)
+    end = held_out_loss()
+    assert end < 0.9 * start, (start, end)
+    with (tmp_path / "run" / "log.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == list(range(1, 41))
+    # every logged loss lands in the bucket of its sigmas
+    assert all(r["loss_sigma<0.5"] == "" and r["loss_sigma>=20"] == "" for r in rows)
+
+
+def test_stopped_and_resumed_run_equals_an_uninterrupted_one(clips_dir, tmp_path,
+                                                            tiny_model_dir):
+    kw = dict(model=str(tiny_model_dir / "model"), steps=5, checkpoint_every=2, batch_size=2, grad_accum=2, lr=1e-3, seed=3)
+    whole = training.train(small_config(clips_dir, tmp_path / "whole", **kw))
+    out = tmp_path / "parts"
+    training.train(small_config(clips_dir, out, stop_after=3, **kw))
+    # As if killed during step 4: the step-3 checkpoint never made it, the log did.
+    assert [p.name for p in training.checkpoints(out)] == ["step-0000002.pt", "step-0000003.pt"]
+    training.checkpoints(out)[-1].unlink()
+    assert not (out / "backward.safetensors").exists()
+    resumed = training.train(small_config(clips_dir, out, resume="latest", overwrite=False, **kw))
+    a, _ = backward.load_backward_weights_file(whole)
+    b, _ = backward.load_backward_weights_file(resumed)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)
+    logs = []
+    for run in (tmp_path / "whole", out):
+        with (run / "log.csv").open() as f:
+            logs.append([(r["step"], r["loss"]) for r in csv.DictReader(f)])
+    assert logs[0] == logs[1] and len(logs[0]) == 5
+
+
+def test_mixed_precision_keeps_the_backward_weights_fp32(clips_dir, tmp_path, tiny_model_dir):
+    cfg = small_config(clips_dir, tmp_path / "run", model=str(tiny_model_dir / "model"),
+                       mixed_precision="bf16", steps=2)
+    pipe = training.load_base(cfg, torch.device("cpu"), torch.bfloat16)
+    assert pipe.unet.dtype == torch.bfloat16 and pipe.vae.dtype == torch.float32
+    path = training.train(cfg, pipe=pipe)
+    live = backward.backward_parameters(pipe.unet)
+    assert all(p.dtype == torch.float32 and p.requires_grad for p in live.values())
+    assert pipe.unet.dtype == torch.bfloat16
+    tensors, _ = backward.load_backward_weights_file(path)
+    assert all(torch.isfinite(t).all() for t in tensors.values())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_on_the_cpu_write_one_consistent_file(clips_dir, tmp_path,
+                                                           tiny_model_dir):
+    """torchrun --nproc_per_node 2 (as the command's --help says); batch 1 on each of 2
+    processes equals batch 2 on one."""
+    model = str(tiny_model_dir / "model")
+    args = ["train", "--device", "cpu", "--model", model, "--data", str(clips_dir),
+            "--stride", "1", "--steps", "3", "--checkpoint-every", "3", "--sample-every", "0",
+            "--lr", "1e-3", "--no-progress"]
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port",
+                          str(_free_port()), "-m", "inbetweening.cli", *args,
+                          "-o", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "on 2 process(es)" in run.stdout
+    assert run.stdout.count("wrote ") == 1 and "2 process(es) agreed" in run.stdout
+    two = tmp_path / "two"
+    assert sorted(p.name for p in two.iterdir()) == ["backward.safetensors", "checkpoints",
+                                                     "log.csv"]
+    assert [p.name for p in training.checkpoints(two)] == ["step-0000003.pt"]
+    assert cli.main(args + ["-o", str(tmp_path / "one"), "--batch-size", "2"]) == 0
+    a, _ = backward.load_backward_weights_file(two / "backward.safetensors")
+    b, _ = backward.load_backward_weights_file(tmp_path / "one" / "backward.safetensors")
+    own = dict(fresh_pipe().unet.named_parameters())
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5)
+        assert (a[k] - own[k]).abs().max() > 1e-3  # it trained
+
+
+# -- the command ---------------------------------------------------------------------------------
+
+def test_command_writes_weights_checkpoints_log_and_samples_that_interpolate_loads(
+        clips_dir, tmp_path, tiny_model_dir, capsys):
+    model = str(tiny_model_dir / "model")
+    out = tmp_path / "run"
+    args = ["train", "--model", model, "--data", str(clips_dir), "-o", str(out), "--stride", "1",
+            "--steps", "3", "--checkpoint-every", "1", "--sample-steps", "2", "--device", "cpu",
+            "--variant", "no-rotation", "--no-progress"]
+    assert cli.main(args) == 0
+    assert "3 clips of 6 frames" in capsys.readouterr().out
+    assert [p.name for p in training.checkpoints(out)] == ["step-0000002.pt", "step-0000003.pt"]
+    samples = sorted((out / "samples").iterdir())
+    assert [p.name for p in samples] == [f"step-00000{i}.mp4" for i in (1, 2, 3)]
+    video, _ = media.read_video(samples[-1])
+    assert video.shape == (FRAMES, 64, 2 * 64 + 4, 3)  # true clip | gap | generated
+    tensors, meta = backward.load_backward_weights_file(out / "backward.safetensors")
+    assert meta["variant"] == "no-rotation" and meta["base_model"] == model
+    # The same command again would clobber the run: refused.
+    assert cli.main(args) == 2
+    assert "--resume" in capsys.readouterr().err
+    video_out = tmp_path / "video.gif"
+    keys = [str(clips_dir / "clip0" / f"frame_{i:04d}.png") for i in (0, 7)]
+    assert cli.main(["interpolate", *keys, "--model", model, "--backward",
+                     str(out / "backward.safetensors"), "--steps", "1", "--seed", "0",
+                     "-o", str(video_out)]) == 0
+    assert video_out.is_file()
+
+
+def _not_svd_model(tiny_model_dir, root: Path) -> Path:
+    """A diffusers folder whose UNet is an image UNet (UNet2DConditionModel)."""
+    import json
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+
+    folder = root / "image-model"
+    shutil.copytree(tiny_model_dir / "model", folder, ignore=shutil.ignore_patterns("unet"))
+    UNet2DConditionModel(
+        sample_size=8, in_channels=8, out_channels=4, block_out_channels=(32, 64),
+        layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=8, norm_num_groups=8).save_pretrained(folder / "unet")
+    index = json.loads((folder / "model_index.json").read_text())
+    index["unet"] = ["diffusers", "UNet2DConditionModel"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
+
+
+@pytest.mark.parametrize("case, message", [
+    ("empty", "no videos or frame folders"),
+    ("missing", "data folder not found"),
+    ("unreadable", "2 unreadable"),
+    ("short", "too short.*try --stride 1"),
+    ("not-svd", "no temporal self-attention layers.*SVD UNet"),
+    ("not-a-model", "not a diffusers model folder"),
+])
+def test_bad_input_is_a_one_line_error(case, message, tmp_path, tiny_model_dir, capsys):
+    import re
+
+    data, model = tmp_path / "data", str(tiny_model_dir / "model")
+    data.mkdir()
+    stride = "1"
+    if case == "missing":
+        data = tmp_path / "nowhere"
+    elif case == "unreadable":
+        (data / "a.mp4").write_bytes(b"junk")
+        (data / "b.gif").write_text("GIF89a but not really")
+    elif case == "short":
+        media.write_video(make_clips(0, 1).video[0, :4].permute(0, 2, 3, 1).numpy(), data / "s")
+        stride = "2"  # 6 frames at stride 2 need 11; the clip has 4 (stride 1 would need 6)
+        media.write_video(make_clips(0, 1).video[0, :7].permute(0, 2, 3, 1).numpy(), data / "t")
+    elif case == "not-svd":
+        media.write_video(make_clips(0, 1).video[0].permute(0, 2, 3, 1).numpy(), data / "c")
+        model = str(_not_svd_model(tiny_model_dir, tmp_path))
+    elif case == "not-a-model":
+        model = str(data)
+    out = tmp_path / "out"
+    code = cli.main(["train", "--model", model, "--data", str(data), "-o", str(out),
+                     "--stride", stride, "--steps", "2", "--device", "cpu", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("error: ") and re.search(message, err[-1]), err
+    assert not (out / "backward.safetensors").exists() and not (out / "checkpoints").exists()
