@@ -20,6 +20,7 @@ from .utils import InbetweeningError
 # Commands defined in other modules: each has ``add_command(subparsers)``, which registers its
 # parser and sets ``func`` (a function of the parsed arguments) as a default.
 COMMAND_MODULES = (
+    "inbetweening.app",
     "inbetweening.training",
     "inbetweening.evaluation",
 )

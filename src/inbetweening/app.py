@@ -1,0 +1,401 @@
+"""The web app: drop two or more keyframes on a page, get the video between them.
+
+    inbetween app                         # http://127.0.0.1:7860, the bundled toy model
+    inbetween app --port 8000 --model path/to/svd-xt --backward backward.safetensors
+
+Keyframes are uploaded in order (drag them to reorder); a segment is made per neighbouring pair
+(see :mod:`inbetweening.keyframes`), ``Loop`` closes the video back on the first keyframe. The
+result plays on the page and downloads as mp4, gif and a zip of PNG frames.
+
+Uploads that are not images, or larger than ``--max-upload-mb`` (20 MB) or ``--max-pixels``, are
+refused with a message on the page; the app goes on serving. It listens on 127.0.0.1 unless
+``--host`` says otherwise, and never reaches the internet: Gradio's analytics are off, there are
+no share links, and the page's fonts and scripts come from the app itself.
+
+The page is built with Gradio (``pip install 'inbetweening[app]'``). :class:`InbetweenApp` holds
+the handlers as plain methods, so they can be used (and tested) without a browser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .utils import InbetweeningError
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_MAX_UPLOAD_MB = 20.0
+DEFAULT_MAX_PIXELS = 25_000_000
+# Gradio itself stops an upload this many times over the limit, before it reaches a handler (so a
+# huge file is not written to disk in full); smaller oversized files get the handler's message.
+SERVER_UPLOAD_FACTOR = 5
+KEEP_RESULTS = 8  # result folders kept on disk (older ones are deleted)
+OUTPUT_NAMES = ("inbetween.mp4", "inbetween.gif", "inbetween_frames.zip")
+
+
+def offline_gradio() -> None:
+    """Make sure Gradio sends nothing to the internet (set before it is imported)."""
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    os.environ.setdefault("GRADIO_SSR_MODE", "False")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What an upload may be."""
+
+    max_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 2**20)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def describe(self) -> str:
+        return (f"images up to {self.max_bytes / 2**20:g} MB and "
+                f"{self.max_pixels / 1e6:g} megapixels")
+
+
+def check_upload(path: str | os.PathLike, limits: Limits = Limits()):
+    """An uploaded keyframe as an RGB PIL image, or an InbetweeningError naming the file (by its
+    own name, not the server's temporary path) and what is wrong with it."""
+    from . import media
+
+    path = Path(path)
+    name = path.name
+    if not path.is_file():
+        raise InbetweeningError(f"{name}: the upload is missing (upload it again)")
+    size = path.stat().st_size
+    if size > limits.max_bytes:
+        raise InbetweeningError(f"{name}: {size / 2**20:.1f} MB is larger than the "
+                                f"{limits.max_bytes / 2**20:g} MB upload limit")
+    try:
+        return media.read_image(path, max_pixels=limits.max_pixels)
+    except InbetweeningError as e:
+        raise InbetweeningError(str(e).replace(str(path), name)) from None
+
+
+def describe_model(model) -> str:
+    from .loading import resolve_model
+
+    source = resolve_model(model)
+    if source is None:
+        return ("a tiny **untrained** model (this install has no trained toy model yet): its "
+                "videos are noise")
+    from .loading import bundled_model
+
+    if model in (None, "") and source == bundled_model():
+        return "the bundled toy model (64x64 toy-world videos)"
+    return f"`{source}`"
+
+
+class InbetweenApp:
+    """The app's state (a loaded pipeline, a work folder, upload limits) and its handlers."""
+
+    def __init__(self, pipe, workdir: str | os.PathLike, limits: Limits = Limits(),
+                 model_description: str = ""):
+        self.pipe = pipe
+        self.workdir = Path(workdir)
+        self.limits = limits
+        self.model_description = model_description
+        self._lock = threading.Lock()  # one generation at a time: the pipeline is not reentrant
+        self._count = 0
+
+    # -- defaults shown on the page ----------------------------------------------------------
+    def defaults(self) -> dict:
+        """Method, frames, steps, size and fps the page starts with: the model's recommendation
+        where it has one (``pipe.defaults``), else the pipeline's own defaults."""
+        import inspect
+
+        call = inspect.signature(type(self.pipe).__call__).parameters
+        d = self.pipe.defaults
+        width, height = self.pipe.default_size()
+        return dict(
+            method=d.get("method", call["method"].default),
+            frames=int(d.get("num_frames", self.pipe.unet.config.num_frames)),
+            steps=int(d.get("num_inference_steps", call["num_inference_steps"].default)),
+            size=f"{d.get('width', width)}x{d.get('height', height)}",
+            fps=int(d.get("fps", call["fps"].default)),
+        )
+
+    def max_frames(self) -> int:
+        return 2 * int(self.pipe.unet.config.num_frames)
+
+    # -- uploads -------------------------------------------------------------------------------
+    def on_upload(self, files: list | None) -> tuple[list[str], str]:
+        """Keep the uploaded files that are usable keyframes, in order, and say why the others
+        were refused (an empty notice when none was). Refused files are deleted."""
+        kept, problems = [], []
+        for f in files or []:
+            path = _path_of(f)
+            try:
+                check_upload(path, self.limits)
+                kept.append(path)
+            except InbetweeningError as e:
+                problems.append(str(e))
+                _remove_quietly(path)
+        if not problems:
+            return kept, ""
+        refused = "\n".join(f"- {p}" for p in problems)
+        return kept, (f"**Refused {len(problems)} upload{'s' * (len(problems) > 1)}** "
+                      f"({self.limits.describe()}):\n{refused}")
+
+    def count_message(self, files: list | None) -> str:
+        n = len(files or [])
+        if n == 0:
+            return "Upload two or more keyframes."
+        if n == 1:
+            return "1 keyframe: add at least one more (or tick Loop)."
+        return f"{n} keyframes, in this order. Press Generate."
+
+    def preview(self, files: list | None) -> list[tuple[str, str]]:
+        """Gallery items (image, caption) of the keyframes in their current order."""
+        items = []
+        for f in files or []:
+            path = _path_of(f)
+            try:
+                check_upload(path, self.limits)
+            except InbetweeningError:
+                continue
+            items.append((path, f"{len(items) + 1}: {Path(path).name}"))
+        return items
+
+    # -- generation ----------------------------------------------------------------------------
+    def sampling_kwargs(self, method: str, frames, steps, size: str, fps) -> dict:
+        """Pipeline arguments from the page's settings, through the CLI's own option handling."""
+        from . import cli
+
+        parser = argparse.ArgumentParser(add_help=False)
+        cli.add_sampling_args(parser)
+        args = parser.parse_args([])
+        args.method = method
+        args.frames = _as_int(frames, "frames")
+        args.steps = _as_int(steps, "steps")
+        args.size = (size or "").strip() or None
+        args.fps = _as_int(fps, "fps")
+        if args.fps < 1:
+            raise InbetweeningError("fps must be at least 1")
+        return cli.sampling_kwargs(args, self.pipe)
+
+    def generate(self, files: list | None, method: str, frames, steps, seed, size: str, fps,
+                 loop: bool = False, side_by_side: bool = False,
+                 progress: Callable | None = None) -> tuple[str | None, list[str] | None, str]:
+        """Make the video through the uploaded keyframes. Returns (mp4 to play, files to
+        download, message); on bad input (None, None, the reason)."""
+        from . import media
+        from .keyframes import layout
+        from .pipeline import check_aspects
+
+        report = progress or (lambda *a, **k: None)
+        t0 = time.time()
+        try:
+            paths = [_path_of(f) for f in files or []]
+            if len(paths) < 2 and not (loop and len(paths) == 1):
+                raise InbetweeningError("upload at least two keyframes (or one and tick Loop)")
+            images = [check_upload(p, self.limits) for p in paths]
+            check_aspects(images)
+            kw = self.sampling_kwargs(method, frames, steps, size, fps)
+            seed = _as_int(seed, "seed")
+            if seed < 0:
+                import random
+
+                seed = random.SystemRandom().randrange(2**31 - 1)
+            closed = layout(images, loop).closed
+            with self._lock:
+                video = self._run(images, loop, seed, kw, report)
+            if side_by_side:
+                video = media.side_by_side(video, images)
+            report(1.0, desc="writing mp4, gif and PNG frames")
+            out = self._result_dir()
+            written = [str(media.write_video(video, out / name, fps=kw["fps"]))
+                       for name in OUTPUT_NAMES]
+        except InbetweeningError as e:
+            return None, None, f"**Error:** {e}"
+        except Exception as e:  # noqa: BLE001 - a bug must not take the page down; say it
+            traceback.print_exc()
+            return None, None, f"**Error:** something went wrong ({type(e).__name__}: {e})"
+        h, w = video.shape[1:3]
+        loop_note = ", a seamless loop" if closed else ""
+        return written[0], written, (f"**Done:** {len(video)} frames, {w}x{h}, {kw['fps']} fps, "
+                                     f"seed {seed}{loop_note} ({time.time() - t0:.1f} s).")
+
+    def _run(self, images, loop, seed, kw, report):
+        import torch
+
+        from .keyframes import inbetween_sequence
+
+        steps = kw.get("num_inference_steps")
+        segment = {"index": 0, "count": 1}
+
+        def on_segment(i: int, n: int) -> None:
+            segment.update(index=i, count=n)
+            report(i / n, desc=f"segment {i + 1}/{n}")
+
+        def on_step(pipe, i, t, tensors):
+            n = segment["count"]
+            where = f"segment {segment['index'] + 1}/{n}, " if n > 1 else ""
+            report((segment["index"] + (i + 1) / steps) / n, desc=f"{where}step {i + 1}/{steps}")
+            return {}
+
+        generator = torch.Generator().manual_seed(seed)
+        return inbetween_sequence(self.pipe, images, loop=loop, generator=generator,
+                                  on_segment=on_segment, callback_on_step_end=on_step, **kw)
+
+    def _result_dir(self) -> Path:
+        """A fresh folder for one result; only the last few are kept."""
+        root = self.workdir / "results"
+        root.mkdir(parents=True, exist_ok=True)
+        self._count += 1
+        out = root / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{self._count:04d}"
+        out.mkdir()
+        for old in sorted(p for p in root.iterdir() if p.is_dir())[:-KEEP_RESULTS]:
+            shutil.rmtree(old, ignore_errors=True)
+        return out
+
+    # -- the page ------------------------------------------------------------------------------
+    def build(self):
+        """The Gradio page (a ``gr.Blocks``)."""
+        offline_gradio()
+        import gradio as gr
+
+        from .methods import METHODS
+
+        d = self.defaults()
+        method_labels = {"gi": "gi: generative inbetweening (the paper)",
+                         "gi-noft": "gi-noft: rotated attention, no fine-tuning",
+                         "trf": "trf: time-reversal fusion",
+                         "forward": "forward: plain image-to-video from the first keyframe"}
+        with gr.Blocks(title="Inbetweening", delete_cache=(600, 3600),
+                       analytics_enabled=False) as page:
+            gr.Markdown("# Inbetweening\nThe video between your keyframes, by dual-directional "
+                        f"sampling with Stable Video Diffusion. Model: {self.model_description}.")
+            with gr.Row():
+                with gr.Column(scale=1):
+                    keyframes = gr.File(
+                        label="Keyframes: two or more images, in order (drag to reorder)",
+                        file_count="multiple", type="filepath", allow_reordering=True,
+                        elem_id="keyframes")
+                    order = gr.Gallery(label="Order", columns=6, height=140, allow_preview=False,
+                                       object_fit="contain", interactive=False, elem_id="order")
+                    notice = gr.Markdown("", elem_id="notice")
+                    status = gr.Markdown(self.count_message([]), elem_id="status")
+                    with gr.Row():
+                        method = gr.Dropdown([(method_labels.get(m, m), m) for m in METHODS],
+                                             value=d["method"], label="Method", elem_id="method")
+                        size = gr.Textbox(d["size"], label="Size (WxH, multiples of 64)",
+                                          elem_id="size")
+                    with gr.Row():
+                        frames = gr.Slider(3, self.max_frames(), value=d["frames"], step=1,
+                                           label="Frames per segment (keyframes included)",
+                                           elem_id="frames")
+                        steps = gr.Number(d["steps"], precision=0, minimum=1, maximum=1000,
+                                          label="Denoising steps", elem_id="steps")
+                    with gr.Row():
+                        seed = gr.Number(0, precision=0, minimum=-1, label="Seed (-1: random)",
+                                         elem_id="seed")
+                        fps = gr.Slider(1, 30, value=d["fps"], step=1, label="Frames per second",
+                                        elem_id="fps")
+                    with gr.Row():
+                        loop = gr.Checkbox(False, label="Loop (back to the first keyframe)",
+                                           elem_id="loop")
+                        side = gr.Checkbox(False, label="Show the keyframes beside the video",
+                                           elem_id="side-by-side")
+                    run = gr.Button("Generate", variant="primary", elem_id="generate")
+                with gr.Column(scale=1):
+                    video = gr.Video(label="Result", autoplay=True, loop=True, height=360,
+                                     interactive=False, elem_id="result")
+                    downloads = gr.File(label="Download (mp4, gif, PNG frames as zip)",
+                                        file_count="multiple", interactive=False,
+                                        elem_id="downloads")
+                    message = gr.Markdown("", elem_id="message")
+
+            keyframes.upload(self.on_upload, keyframes, [keyframes, notice])
+            keyframes.change(self.preview, keyframes, order)
+            keyframes.change(self.count_message, keyframes, status)
+
+            def generate(files, method, frames, steps, seed, size, fps, loop, side,
+                         progress=gr.Progress()):
+                return self.generate(files, method, frames, steps, seed, size, fps, loop, side,
+                                     progress=progress)
+
+            run.click(generate, [keyframes, method, frames, steps, seed, size, fps, loop, side],
+                      [video, downloads, message], concurrency_limit=1)
+        return page
+
+
+def _path_of(f) -> str:
+    """A handler's file value (a path, or an object with ``.name``/``.path``) as a path."""
+    if isinstance(f, (str, os.PathLike)):
+        return os.fspath(f)
+    for attr in ("path", "name"):
+        if isinstance(getattr(f, attr, None), str):
+            return getattr(f, attr)
+    raise InbetweeningError(f"not an uploaded file: {f!r}")
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _as_int(value, what: str) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InbetweeningError(f"{what} must be a number, not {value!r}") from None
+    if number != int(number):
+        raise InbetweeningError(f"{what} must be a whole number, not {value}")
+    return int(number)
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+def serve(args) -> None:
+    offline_gradio()
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise InbetweeningError("the app needs Gradio: pip install 'inbetweening[app]'") from None
+    from .loading import load_pipeline
+
+    if not args.max_upload_mb > 0 or not args.max_pixels > 0:
+        raise InbetweeningError("upload limits must be positive")
+    limits = Limits(max_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels)
+    pipe = load_pipeline(args.model, args.backward, args.device, args.dtype)
+    workdir = Path(tempfile.mkdtemp(prefix="inbetween-app-"))
+    app = InbetweenApp(pipe, workdir, limits, describe_model(args.model))
+    page = app.build()
+    page.queue(default_concurrency_limit=1, max_size=32)
+    try:
+        page.launch(server_name=args.host, server_port=args.port, share=False, inbrowser=False,
+                    show_error=True, max_file_size=SERVER_UPLOAD_FACTOR * limits.max_bytes,
+                    allowed_paths=[str(workdir)], ssr_mode=False, mcp_server=False, pwa=False,
+                    enable_monitoring=False)
+    except OSError as e:
+        raise InbetweeningError(f"cannot listen on {args.host}:{args.port}: {e}") from None
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def add_command(sub) -> None:
+    from .cli import add_model_args
+
+    p = sub.add_parser("app", help="the web app (Gradio) on localhost",
+                       description="Serve a web page to make inbetween videos: upload keyframes, "
+                                   "choose the settings, watch and download the result.")
+    p.add_argument("--host", default=DEFAULT_HOST,
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 "
+                        "opens it to the network)")
+    p.add_argument("--port", type=int, default=None,
+                   help="port (default: 7860, or the next free one)")
+    p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
+                   help="largest keyframe file accepted, in MB (default 20)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="largest keyframe accepted, in pixels (default 25,000,000)")
+    add_model_args(p)
+    p.set_defaults(func=serve)
