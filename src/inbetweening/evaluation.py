@@ -13,8 +13,10 @@ generated frames in ``videos/``), so an interrupted run continues where it stopp
 ``metrics.json`` (``{"methods": {METHOD: {METRIC: mean}}, "pairs": [...]}``), ``metrics.md`` (the
 table) and ``plots/*.png``. Every pair is generated with its own seed, derived from ``--seed`` and
 the pair's id, so the results do not depend on which process does which pair or in which order:
-under ``accelerate launch --num_processes N -m inbetweening.cli evaluate ...`` (or ``torchrun``)
-the processes share the pairs and the table is the one a single process makes.
+under ``accelerate launch --multi_gpu --num_processes N -m inbetweening.cli evaluate ...`` (on
+GPUs, or on the CPU: accelerate then runs N CPU processes; its ``--cpu`` flag would start only
+one) or ``torchrun --nproc-per-node N -m inbetweening.cli evaluate ...`` the processes share the
+pairs and the table is the one a single process makes.
 """
 
 from __future__ import annotations
@@ -362,10 +364,12 @@ class Settings:
                     backward=self.backward, seed=self.seed, sampling=self.sampling)
 
 
+SAMPLING_OPTIONS = ("steps", "guidance", "reinject", "reinject_fraction", "fuse", "dual_pass",
+                    "fps", "max_unet_batch", "decode_chunk")
+
+
 def _sampling_options(args) -> dict:
-    return {k: getattr(args, k, None) for k in (
-        "steps", "guidance", "reinject", "reinject_fraction", "fuse", "dual_pass", "fps",
-        "max_unet_batch", "decode_chunk")}
+    return {k: getattr(args, k, None) for k in SAMPLING_OPTIONS}
 
 
 def _sampling_call(options: dict, method: str, bset: BenchmarkSet, pipe) -> dict:
@@ -439,11 +443,11 @@ def score(video: np.ndarray, pair: Pair, bset: BenchmarkSet, lpips=None) -> dict
     return _rounded(out)
 
 
-def _rounded(obj, digits: int = 9):
-    """Metric values rounded to ``digits`` decimals: what is stored does not depend on the last
-    bits of floating-point sums (which vary with threads and memory layout)."""
+def _rounded(obj, digits: int = 10):
+    """Metric values rounded to ``digits`` significant digits: what is stored does not depend on
+    the last bits of floating-point sums (which vary with threads and memory layout)."""
     if isinstance(obj, float):
-        return round(obj, digits)
+        return float(f"{obj:.{digits}g}")
     if isinstance(obj, dict):
         return {k: _rounded(v, digits) for k, v in obj.items()}
     if isinstance(obj, list):
@@ -642,7 +646,11 @@ def evaluate(set_path, methods, out, *, model=None, backward=None, device=None, 
     # -- check everything first ------------------------------------------------------------------
     bset = load_set(set_path)
     methods = parse_methods(methods) if isinstance(methods, str) else parse_methods(",".join(methods))
-    options = dict(options or {})
+    unknown = set(options or {}) - set(SAMPLING_OPTIONS)
+    if unknown:
+        raise InbetweeningError(f"unknown sampling options {sorted(unknown)}; known: "
+                                f"{', '.join(SAMPLING_OPTIONS)}")
+    options = {**dict.fromkeys(SAMPLING_OPTIONS), **(options or {})}
     nets = FeatureNets.load(lpips, inception, fvd)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -818,8 +826,9 @@ def add_command(sub) -> None:
         "evaluate", help="run methods on a benchmark set; metrics, table and plots",
         description="Run every method on every pair of SET and compare with the true clips. "
                     "Resumable: finished pairs are kept in --out and not redone. Several "
-                    "processes share the pairs under `accelerate launch --num_processes N -m "
-                    "inbetweening.cli evaluate ...` (or torchrun).",
+                    "processes share the pairs under `accelerate launch --multi_gpu "
+                    "--num_processes N -m inbetweening.cli evaluate ...` (GPUs or CPU) or "
+                    "`torchrun --nproc-per-node N -m inbetweening.cli evaluate ...`.",
         epilog="LPIPS, FID and FVD need feature networks on disk, as TorchScript files: "
                "--lpips-weights vgg16.pt (NVIDIA's LPIPS VGG16) or a scripted lpips.LPIPS; "
                "--inception-weights inception-2015-12-05.pt (the FID Inception); --fvd-weights "

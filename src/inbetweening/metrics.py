@@ -99,6 +99,8 @@ def ssim_per_frame(video, true) -> list[float]:
 
 def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
     """Mean and covariance (unbiased, float64) of (N, D) features."""
+    if isinstance(features, torch.Tensor):
+        features = features.detach().cpu().double().numpy()
     x = np.asarray(features, dtype=np.float64)
     if x.ndim != 2 or len(x) < 2:
         raise InbetweeningError(f"need at least 2 feature vectors (N, D), got shape {x.shape}")
