@@ -239,18 +239,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_on_the_cpu_write_one_consistent_file(clips_dir, tmp_path,
+LAUNCHERS = {
+    "torchrun": lambda port: [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node",
+                              "2", "--master_port", str(port)],
+    "accelerate": lambda port: [str(Path(sys.executable).parent / "accelerate"), "launch",
+                                "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                                "--mixed_precision", "no", "--dynamo_backend", "no",
+                                "--main_process_port", str(port)],
+}
+
+
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+def test_two_processes_on_the_cpu_write_one_consistent_file(launcher, clips_dir, tmp_path,
                                                            tiny_model_dir):
-    """torchrun --nproc_per_node 2 (as the command's --help says); batch 1 on each of 2
-    processes equals batch 2 on one."""
+    """The two commands of the command's --help; batch 1 on each of 2 processes equals batch 2
+    on one."""
     model = str(tiny_model_dir / "model")
     args = ["train", "--device", "cpu", "--model", model, "--data", str(clips_dir),
             "--stride", "1", "--steps", "3", "--checkpoint-every", "3", "--sample-every", "0",
             "--lr", "1e-3", "--no-progress"]
-    torchrun = Path(sys.executable).parent / "torchrun"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port",
-                          str(_free_port()), "-m", "inbetweening.cli", *args,
+    run = subprocess.run([*LAUNCHERS[launcher](_free_port()), "-m", "inbetweening.cli", *args,
                           "-o", str(tmp_path / "two")],
                          capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -282,7 +291,7 @@ def test_command_writes_weights_checkpoints_log_and_samples_that_interpolate_loa
     assert "3 clips of 6 frames" in capsys.readouterr().out
     assert [p.name for p in training.checkpoints(out)] == ["step-0000002.pt", "step-0000003.pt"]
     samples = sorted((out / "samples").iterdir())
-    assert [p.name for p in samples] == [f"step-00000{i}.mp4" for i in (1, 2, 3)]
+    assert [p.name for p in samples] == [f"step-000000{i}.mp4" for i in (1, 2, 3)]
     video, _ = media.read_video(samples[-1])
     assert video.shape == (FRAMES, 64, 2 * 64 + 4, 3)  # true clip | gap | generated
     tensors, meta = backward.load_backward_weights_file(out / "backward.safetensors")

@@ -26,7 +26,9 @@ Step 3 can be run three ways, equal up to float rounding (``dual_pass``):
 ``reference``  the paper literally: a forward call recording explicit softmax maps and a
                backward call using them rotated (the oracle the tests hold the others to).
 
-``benchmarks/training.py`` times the three; ``split`` was the fastest (see its table).
+``benchmarks/training.py`` times the three. On the toy model's shapes (CPU, fp32) ``split`` and
+``reference`` tie (the maps are tiny at 8 frames) and ``fused`` is 1.14-1.38x slower (1 to 4
+clips); for ``no-rotation``, ``split`` skips the forward call and is 1.5x faster than both.
 Randomness (clip order, sigma, noise) is a pure function of (seed, micro-step), drawn for the
 whole global batch and sliced per process, so a resumed run repeats an uninterrupted one and N
 processes at batch B match one process at batch N*B.
@@ -449,7 +451,13 @@ def train(cfg: TrainConfig, pipe=None) -> Path:
     from accelerate.state import AcceleratorState
 
     check_config(cfg)
-    accelerator = Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.mixed_precision)
+    try:
+        accelerator = Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.mixed_precision)
+    except ValueError as e:  # an earlier Accelerator in this process fixed another precision
+        if "already been initialized" not in str(e):
+            raise
+        AcceleratorState._reset_state()
+        accelerator = Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.mixed_precision)
     try:
         return _train(cfg, accelerator, pipe)
     finally:
@@ -562,7 +570,7 @@ def _train(cfg: TrainConfig, accelerator, pipe) -> Path:
             accelerator.wait_for_everyone()
         if cfg.sample_every and (step % cfg.sample_every == 0 or step == cfg.steps):
             if main:
-                sample = write_sample(pipe, dataset, cfg, out / "samples" / f"step-{step:06d}.mp4")
+                sample = write_sample(pipe, dataset, cfg, out / "samples" / f"step-{step:07d}.mp4")
                 bar.write(f"step {step}: sample {sample}")
             accelerator.wait_for_everyone()
     bar.close()
@@ -618,7 +626,7 @@ Several processes (data parallel; --batch-size is per process):
                 (accelerate's --cpu flag alone starts ONE process unless MPI is set up)
   on N GPUs:    accelerate launch --multi_gpu --num_processes N -m inbetweening.cli train ARGS...
 Only the main process writes files. Published recipe: 14-frame SVD img2vid, --frames 14
---stride 2 --size 1024x576, 15k steps at total batch 4, --mixed-precision fp16.
+--stride 2 --size 1024x576, ~15k steps at batch 4 on 4 GPUs, --mixed-precision fp16.
 """
 
 
@@ -708,13 +716,16 @@ def add_command(sub) -> None:
     g.add_argument("--device", default=None, choices=["cpu", "cuda"],
                    help="default: cuda if available")
     g = p.add_argument_group("bookkeeping")
-    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    g.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
+    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                   help=f"steps between checkpoints (default {d.checkpoint_every})")
+    g.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,
+                   help=f"checkpoints kept (default {d.keep_checkpoints})")
     g.add_argument("--sample-every", type=int, default=None,
                    help="validation video every N steps (default: --checkpoint-every; 0: never)")
     g.add_argument("--sample-steps", type=int, default=None,
                    help="denoising steps of the validation video")
-    g.add_argument("--save-dtype", default=d.save_dtype, choices=["fp32", "fp16", "bf16"])
+    g.add_argument("--save-dtype", default=d.save_dtype, choices=["fp32", "fp16", "bf16"],
+                   help="dtype of backward.safetensors (default fp32)")
     g.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
                    help="continue from the latest checkpoint in OUTPUT, or from this one")
     g.add_argument("--overwrite", action="store_true", help="start again over an earlier run")
