@@ -4,6 +4,12 @@ The same classes as Stable Video Diffusion (diffusers' AutoencoderKLTemporalDeco
 UNetSpatioTemporalConditionModel, EulerDiscreteScheduler; transformers' CLIP vision model), so
 every code path of the product runs unchanged on them. The VAE downsamples by 8 as SVD's does
 (64x64 frames -> 8x8 latents), with 16 latent channels instead of 4 so that small sprites survive.
+
+Its blocks have 64 channels, not fewer: the class hard-codes GroupNorm with 32 groups, and with
+32 channels that is a per-channel instance norm right before the decoder's output convolution,
+which erases each image's absolute colours (a first VAE with 32 channels rendered cyan, yellow
+and green vehicles all green on a grey background). With 64 channels, colour survives as the
+difference between the two channels of a group.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ def scheduler() -> EulerDiscreteScheduler:
 def vae() -> AutoencoderKLTemporalDecoder:
     return AutoencoderKLTemporalDecoder(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-        block_out_channels=(32, 32, 64, 64), layers_per_block=1, latent_channels=LATENT_CHANNELS,
+        block_out_channels=(64, 64, 64, 64), layers_per_block=1, latent_channels=LATENT_CHANNELS,
         sample_size=WORLD.size, scaling_factor=1.0, force_upcast=False,
     )
 
