@@ -314,8 +314,69 @@ def train_forward(out: Path, cfg: ForwardConfig, world: WorldConfig, device: str
     models.feature_extractor().save_pretrained(out / "feature_extractor")
     models.scheduler().save_pretrained(out / "scheduler")
     _write_model_index(out)
+    (out / "inbetweening.json").write_text(json.dumps(TOY_DEFAULTS, indent=2) + "\n")
     _write_stage_report(out, "forward", {"steps": step, "seconds": elapsed,
                                          "config": asdict(cfg)})
+
+
+@dataclass
+class BackwardConfig:
+    """The backward stage: the product's own ``inbetween train`` (Alg. 1) on toy clips. The
+    published recipe except where the toy world differs: its noise levels are those the toy
+    forward model was trained on, and a higher constant learning rate for a short run."""
+
+    clips: int = 400  # the paper used 100 videos
+    steps: int = 1500
+    batch: int = 4
+    lr: float = 3e-4
+    p_mean: float = ForwardConfig.p_mean
+    p_std: float = ForwardConfig.p_std
+    checkpoint_every: int = 100
+    sample_every: int = 500
+
+
+def write_clips(folder: Path, count: int, world: WorldConfig, seed: int = TRAIN_SEED + 7) -> Path:
+    """Toy training clips as folders of PNG frames (what ``inbetween train --data`` reads)."""
+    import numpy as np
+    import PIL.Image
+
+    if (folder / "done").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in tqdm(range(count), desc="writing clips", unit="clip"):
+        clip_dir = folder / f"clip-{i:05d}"
+        if clip_dir.is_dir():
+            continue
+        tmp = folder / f".clip-{i:05d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        video = make_clips(seed, 1, world, start=i).video[0]
+        for f, frame in enumerate(video):
+            arr = (frame.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            PIL.Image.fromarray(arr).save(tmp / f"{f:03d}.png")
+        os.replace(tmp, clip_dir)
+    (folder / "done").write_text(f"{count}\n")
+    return folder
+
+
+def train_backward(out: Path, cfg: BackwardConfig, world: WorldConfig, device: str = "cpu") -> None:
+    """Fine-tune the toy model's backward weights with ``inbetweening.training.train``."""
+    if (out / "backward.safetensors").exists():
+        print("backward: done already, skipping")
+        return
+    from ..training import TrainConfig, train
+
+    data = write_clips(out / "backward_data", cfg.clips, world)
+    t0 = time.time()
+    result = train(TrainConfig(
+        data=str(data), output=str(out / "backward"), model=str(out), frames=world.frames,
+        stride=1, size=(world.size, world.size), steps=cfg.steps, batch_size=cfg.batch,
+        lr=cfg.lr, p_mean=cfg.p_mean, p_std=cfg.p_std, checkpoint_every=cfg.checkpoint_every,
+        sample_every=cfg.sample_every, device=device, seed=0, resume="latest"))
+    shutil.copyfile(result, out / "backward.safetensors")
+    _write_stage_report(out, "backward", {"steps": cfg.steps, "seconds": time.time() - t0,
+                                          "note": "seconds of this run (a resumed run counts "
+                                                  "only its own)", "config": asdict(cfg)})
 
 
 def _write_model_index(out: Path) -> None:
@@ -436,9 +497,14 @@ def plot_report(out: Path, docs: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--stage", choices=["vae", "forward", "all"], default="all")
+    p.add_argument("--stage", choices=["vae", "forward", "backward", "all"], default="all")
     p.add_argument("--vae-steps", type=int, default=VaeConfig.steps)
     p.add_argument("--forward-steps", type=int, default=ForwardConfig.steps)
+    p.add_argument("--backward-steps", type=int, default=BackwardConfig.steps)
+    p.add_argument("--bundle", action="store_true",
+                   help="copy the trained model into the package (the default model)")
+    p.add_argument("--docs", type=Path, default=Path("docs"),
+                   help="where the loss-curve plots go (default docs/)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
@@ -450,6 +516,12 @@ def main(argv: list[str] | None = None) -> None:
         train_vae(a.out, VaeConfig(steps=a.vae_steps), world)
     if a.stage in ("forward", "all"):
         train_forward(a.out, ForwardConfig(steps=a.forward_steps), world, a.device)
+    if a.stage in ("backward", "all"):
+        train_backward(a.out, BackwardConfig(steps=a.backward_steps), world, a.device)
+    if a.stage == "all" or a.bundle:
+        plot_report(a.out, a.docs)
+    if a.bundle:
+        bundle(a.out)
 
 
 if __name__ == "__main__":
