@@ -220,6 +220,19 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one(clips_dir, tmp_path
     assert logs[0] == logs[1] and len(logs[0]) == 5
 
 
+def test_gradient_accumulation_equals_a_bigger_batch(clips_dir, tmp_path, tiny_model_dir):
+    kw = dict(model=str(tiny_model_dir / "model"), steps=3, lr=1e-3)
+    big = training.train(small_config(clips_dir, tmp_path / "big", batch_size=2, **kw))
+    acc = training.train(small_config(clips_dir, tmp_path / "acc", batch_size=1, grad_accum=2,
+                                      **kw))
+    a, _ = backward.load_backward_weights_file(big)
+    b, _ = backward.load_backward_weights_file(acc)
+    own = dict(fresh_pipe().unet.named_parameters())
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-5)
+        assert (a[k] - own[k]).abs().max() > 1e-3
+
+
 def test_mixed_precision_keeps_the_backward_weights_fp32(clips_dir, tmp_path, tiny_model_dir):
     cfg = small_config(clips_dir, tmp_path / "run", model=str(tiny_model_dir / "model"),
                        mixed_precision="bf16", steps=2)
@@ -296,9 +309,16 @@ def test_command_writes_weights_checkpoints_log_and_samples_that_interpolate_loa
     assert video.shape == (FRAMES, 64, 2 * 64 + 4, 3)  # true clip | gap | generated
     tensors, meta = backward.load_backward_weights_file(out / "backward.safetensors")
     assert meta["variant"] == "no-rotation" and meta["base_model"] == model
-    # The same command again would clobber the run: refused.
+    # The same command again would clobber the run: refused; --resume continues it.
     assert cli.main(args) == 2
     assert "--resume" in capsys.readouterr().err
+    assert cli.main(args + ["--resume", "--steps", "4", "--sample-every", "0"]) == 0
+    assert "resuming from" in capsys.readouterr().out and "step-0000003.pt" in str(
+        training.checkpoints(out))
+    with (out / "log.csv").open() as f:
+        assert [r["step"] for r in csv.DictReader(f)] == ["1", "2", "3", "4"]
+    _, meta = backward.load_backward_weights_file(out / "backward.safetensors")
+    assert meta["steps"] == "4"
     video_out = tmp_path / "video.gif"
     keys = [str(clips_dir / "clip0" / f"frame_{i:04d}.png") for i in (0, 7)]
     assert cli.main(["interpolate", *keys, "--model", model, "--backward",

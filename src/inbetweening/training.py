@@ -29,9 +29,9 @@ Step 3 can be run three ways, equal up to float rounding (``dual_pass``):
 ``benchmarks/training.py`` times the three. On the toy model's shapes (CPU, fp32) ``split`` and
 ``reference`` tie (the maps are tiny at 8 frames) and ``fused`` is 1.14-1.38x slower (1 to 4
 clips); for ``no-rotation``, ``split`` skips the forward call and is 1.5x faster than both.
-Randomness (clip order, sigma, noise) is a pure function of (seed, micro-step), drawn for the
-whole global batch and sliced per process, so a resumed run repeats an uninterrupted one and N
-processes at batch B match one process at batch N*B.
+Randomness (clip order, sigma, noise) is a pure function of the seed and a sample's position in
+the run, so a resumed run repeats an uninterrupted one, and N processes at batch B, one process
+at batch N*B and one at batch B with N-step accumulation all see the same samples.
 """
 
 from __future__ import annotations
@@ -223,8 +223,9 @@ class ClipEncoder:
 
 
 class Batches:
-    """Micro-batch ``m`` of the whole run: clip order by epoch-wise permutations of the data
-    set, sigma and noise for the global batch (all processes), then this process's slice."""
+    """Micro-batch ``m`` of the whole run, for this process. The global stream of samples is a
+    pure function of the seed: position p is clip ``perm(epoch)[p % n]`` with its own sigma and
+    noise, so any split into processes, micro-steps and batches sees the same samples."""
 
     def __init__(self, cfg: TrainConfig, dataset, encoder: ClipEncoder, pipe, rank: int,
                  world: int):
@@ -241,39 +242,37 @@ class Batches:
         return int(self._perms[epoch][position % n])
 
     def position(self, micro_step: int) -> int:
-        """Clips consumed (all processes) before micro-step ``micro_step``: the data position."""
+        """Samples consumed (all processes) before micro-step ``micro_step``: the data position."""
         return micro_step * self.global_batch
+
+    def _sample(self, position: int) -> dict[str, torch.Tensor]:
+        """One training sample (on the CPU): a clip, its noise level, noise and conditioning."""
+        cfg, vae = self.cfg, self.pipe.vae
+        item = self.encoder(self.clip_index(position))
+        g = _generator(cfg.seed, 2, position)
+        if cfg.sigma_set:
+            sigma = torch.tensor([cfg.sigma_set[int(torch.randint(len(cfg.sigma_set), (1,),
+                                                                  generator=g))]])
+        else:
+            sigma = conditioning.sample_sigmas(1, cfg.p_mean, cfg.p_std, g)
+        noise = torch.randn(item.z.shape, generator=g)
+        if cfg.cond_aug == "latent":  # published training: the frame's latent mode + noise
+            aug = torch.randn((2,) + item.z.shape[1:], generator=g)
+            lat = item.z[[0, -1]] / vae.config.scaling_factor + cfg.noise_aug * aug
+        else:  # as SVD samples: noise on the pixels, then the VAE
+            aug = torch.randn(item.ends.shape, generator=g)
+            lat = conditioning.image_latent(vae, item.ends.to(vae.device), cfg.noise_aug,
+                                            aug.to(vae.device)).float().cpu()
+        return dict(z=item.z, sigma=sigma[0], noise=noise, emb_first=item.emb[0],
+                    emb_last=item.emb[1], lat_first=lat[0], lat_last=lat[1])
 
     @torch.no_grad()
     def __call__(self, micro_step: int) -> dict[str, torch.Tensor]:
-        cfg, pipe, b = self.cfg, self.pipe, self.cfg.batch_size
+        b = self.cfg.batch_size
         start = self.position(micro_step) + self.rank * b
-        items = [self.encoder(self.clip_index(p)) for p in range(start, start + b)]
-        z = torch.stack([it.z for it in items])
-        g = _generator(cfg.seed, 2, micro_step)
-        G = self.global_batch
-        if cfg.sigma_set:
-            choice = torch.randint(len(cfg.sigma_set), (G,), generator=g)
-            sigma = torch.tensor(cfg.sigma_set, dtype=torch.float32)[choice]
-        else:
-            sigma = conditioning.sample_sigmas(G, cfg.p_mean, cfg.p_std, g)
-        noise = torch.randn((G,) + z.shape[1:], generator=g)
-        mine = slice(self.rank * b, (self.rank + 1) * b)
-        emb = torch.stack([it.emb for it in items])  # (B, 2, 1, D)
-        if cfg.cond_aug == "latent":  # published training: the frame's latent mode + noise
-            aug = torch.randn((G, 2) + z.shape[2:], generator=g)[mine]
-            lat = z[:, [0, -1]] / pipe.vae.config.scaling_factor + cfg.noise_aug * aug
-        else:  # as SVD samples: noise on the pixels, then the VAE
-            ends = torch.stack([it.ends for it in items])  # (B, 2, 3, H, W)
-            aug = torch.randn((G,) + ends.shape[1:], generator=g)[mine]
-            dev = pipe.vae.device
-            lat = torch.stack([conditioning.image_latent(
-                pipe.vae, e.to(dev), cfg.noise_aug, a.to(dev)).float().cpu()
-                for e, a in zip(ends, aug)])
-        device = pipe.unet.device
-        batch = dict(z=z, sigma=sigma[mine], noise=noise[mine], emb_first=emb[:, 0],
-                     emb_last=emb[:, 1], lat_first=lat[:, 0], lat_last=lat[:, 1])
-        return {k: v.to(device) for k, v in batch.items()}
+        samples = [self._sample(p) for p in range(start, start + b)]
+        device = self.pipe.unet.device
+        return {k: torch.stack([s[k] for s in samples]).to(device) for k in samples[0]}
 
 
 # -- bookkeeping: checkpoints, log, samples -------------------------------------------------------
