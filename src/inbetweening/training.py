@@ -232,6 +232,7 @@ class Batches:
         self.cfg, self.dataset, self.encoder, self.pipe = cfg, dataset, encoder, pipe
         self.rank, self.world = rank, world
         self.global_batch = cfg.batch_size * world
+        self.offset = 0  # position of micro-step 0 (a resumed run continues where it stopped)
         self._perms: dict[int, torch.Tensor] = {}
 
     def clip_index(self, position: int) -> int:
@@ -243,7 +244,7 @@ class Batches:
 
     def position(self, micro_step: int) -> int:
         """Samples consumed (all processes) before micro-step ``micro_step``: the data position."""
-        return micro_step * self.global_batch
+        return self.offset + micro_step * self.global_batch
 
     def _sample(self, position: int) -> dict[str, torch.Tensor]:
         """One training sample (on the CPU): a clip, its noise level, noise and conditioning."""
@@ -402,7 +403,7 @@ def check_config(cfg: TrainConfig) -> None:
         raise InbetweeningError("--mixed-precision must be no, fp16 or bf16")
     if cfg.save_dtype not in ("fp32", "fp16", "bf16"):
         raise InbetweeningError("--save-dtype must be fp32, fp16 or bf16")
-    for name in ("steps", "batch_size", "grad_accum", "checkpoint_every"):
+    for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints"):
         if getattr(cfg, name) < 1:
             raise InbetweeningError(f"--{name.replace('_', '-')} must be at least 1")
     if cfg.lr <= 0 or cfg.p_std < 0 or (cfg.sigma_set and min(cfg.sigma_set) <= 0):
@@ -479,6 +480,12 @@ def _train(cfg: TrainConfig, accelerator, pipe) -> Path:
 
     # Model: frozen base, trainable backward weights (fp32) on the temporal attention processors.
     mp = accelerator.mixed_precision
+    if cfg.model:
+        base_name = str(cfg.model)
+    elif pipe is None:
+        base_name = "inbetweening-toy"  # the bundled toy model
+    else:
+        base_name = getattr(pipe, "name_or_path", None) or "unknown"
     if pipe is None:
         pipe = load_base(cfg, accelerator.device, _weight_dtype(mp))
     for part in (pipe.unet, pipe.vae, pipe.image_encoder):
@@ -507,7 +514,7 @@ def _train(cfg: TrainConfig, accelerator, pipe) -> Path:
         optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup) if cfg.warmup else 1.0)
     model, optimizer = accelerator.prepare(objective, optimizer)
 
-    step = 0
+    step, elapsed = 0, 0.0
     if resume_from is not None:
         state = torch.load(resume_from, map_location="cpu", weights_only=True)
         if list(state["weights"]) != objective.names:
@@ -518,17 +525,17 @@ def _train(cfg: TrainConfig, accelerator, pipe) -> Path:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
-        step = state["step"]
-        if state["data"]["clips"] != len(dataset) or state["data"]["global_batch"] != \
-                batches.global_batch:
-            say("note: the data set or the global batch changed since the checkpoint; the clip "
-                "order will differ from an uninterrupted run")
+        step, elapsed = state["step"], state["elapsed"]
+        batches.offset = state["data"]["position"] - batches.position(step * cfg.grad_accum)
+        if state["data"]["clips"] != len(dataset):
+            say(f"note: the data set had {state['data']['clips']} clips at the checkpoint and "
+                f"has {len(dataset)} now; the clip order differs from an uninterrupted run")
         say(f"resuming from {resume_from} (step {step})")
 
     accum = cfg.grad_accum
     say(f"data: {dataset.summary()}")
     say(f"training {cfg.variant} backward weights ({sum(p.numel() for p in params):,} "
-        f"parameters) of {cfg.model or 'the bundled toy model'} on {accelerator.num_processes} "
+        f"parameters) of {base_name} on {accelerator.num_processes} "
         f"process(es), {accelerator.device}, batch {cfg.batch_size} x {accelerator.num_processes} "
         f"processes x {accum} accumulation = {batches.global_batch * accum} clips per step, "
         f"{size[0]}x{size[1]}, {frames} frames, mixed precision {mp}, dual pass {cfg.dual_pass}")
@@ -538,7 +545,6 @@ def _train(cfg: TrainConfig, accelerator, pipe) -> Path:
     end = min(cfg.steps, cfg.stop_after) if cfg.stop_after else cfg.steps
     bar = tqdm(total=cfg.steps, initial=step, desc="train", disable=not (main and cfg.progress),
                dynamic_ncols=True)
-    elapsed = 0.0
     while step < end:
         t0 = time.time()
         losses, sigmas = [], []
@@ -565,7 +571,8 @@ def _train(cfg: TrainConfig, accelerator, pipe) -> Path:
             bar.set_postfix(loss=f"{all_losses.mean().item():.4f}")
         if step % cfg.checkpoint_every == 0 or step == end:
             if main:
-                _save_checkpoint(out, step, objective, optimizer, scheduler, batches, cfg, accum)
+                _save_checkpoint(out, step, elapsed, objective, optimizer, scheduler, batches,
+                                 cfg)
             accelerator.wait_for_everyone()
         if cfg.sample_every and (step % cfg.sample_every == 0 or step == cfg.steps):
             if main:
@@ -585,7 +592,7 @@ def _train(cfg: TrainConfig, accelerator, pipe) -> Path:
         return checkpoints(out)[-1] if checkpoints(out) else out
     path = out / WEIGHTS_FILE
     if main:
-        meta = {"base_model": str(cfg.model or "inbetweening-toy"), "num_frames": frames,
+        meta = {"base_model": base_name, "num_frames": frames,
                 "size": f"{size[0]}x{size[1]}", "steps": step, "variant": cfg.variant,
                 "global_batch": batches.global_batch * accum, "lr": cfg.lr,
                 "trained_by": "inbetween train"}
@@ -597,11 +604,12 @@ def _train(cfg: TrainConfig, accelerator, pipe) -> Path:
     return path
 
 
-def _save_checkpoint(out: Path, step: int, objective, optimizer, scheduler, batches: Batches,
-                     cfg: TrainConfig, accum: int) -> None:
-    position = batches.position(step * accum)
+def _save_checkpoint(out: Path, step: int, elapsed: float, objective, optimizer, scheduler,
+                     batches: Batches, cfg: TrainConfig) -> None:
+    position = batches.position(step * cfg.grad_accum)
     state = {
         "step": step,
+        "elapsed": elapsed,
         "weights": {n: p.detach().cpu() for n, p in zip(objective.names, objective.weights)},
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
