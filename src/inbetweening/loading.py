@@ -4,7 +4,9 @@ and the app all need."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -85,6 +87,29 @@ def resolve_model(model: str | os.PathLike | None) -> str | Path | None:
     return bundled_model()
 
 
+@contextlib.contextmanager
+def _quiet_loading():
+    """Loading a pipeline: no per-component progress bars, no deprecation notices (diffusers
+    renamed torch_dtype; older versions know only that name), no dtype-cast notices."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    levels = dlog.get_verbosity(), tlog.get_verbosity()
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    dlog.set_verbosity_error()
+    tlog.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            yield
+    finally:
+        dlog.enable_progress_bar()
+        tlog.enable_progress_bar()
+        dlog.set_verbosity(levels[0])
+        tlog.set_verbosity(levels[1])
+
+
 def load_pipeline(model=None, backward=None, device=None, dtype=None, *, quiet: bool = False,
                   allow_random: bool = True):
     """An :class:`InbetweenPipeline` on ``device`` in ``dtype``.
@@ -113,13 +138,15 @@ def load_pipeline(model=None, backward=None, device=None, dtype=None, *, quiet: 
             pipe.load_backward_weights(backward)
     else:
         try:
-            pipe = InbetweenPipeline.from_pretrained(source, backward=backward, torch_dtype=dt)
+            with _quiet_loading():
+                pipe = InbetweenPipeline.from_pretrained(source, backward=backward, torch_dtype=dt)
         except InbetweeningError:
             raise
         except (OSError, ValueError, EnvironmentError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise InbetweeningError(f"cannot load model {source}: {first}") from None
-    pipe.to(dev, dt)
+    with _quiet_loading():
+        pipe.to(dev, dt)
     if not quiet:
         pipe.set_progress_bar_config(leave=False)
     return pipe

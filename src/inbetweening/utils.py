@@ -33,6 +33,7 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True):
     tmp = Path(tmp)
     try:
         yield tmp
+        _default_permissions(tmp)
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -41,6 +42,15 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True):
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def _default_permissions(path: Path) -> None:
+    """Give a finished file the permissions a plain open() would (some writers, safetensors
+    among them, create private 0600 files)."""
+    if path.is_file():
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(path, 0o666 & ~umask)
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
