@@ -6,6 +6,7 @@ goes on serving, defaults from the model, and the command's options."""
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 
 import numpy as np
@@ -88,8 +89,18 @@ def test_limits_are_settings(keys, bad_files):
 
 def test_generate_through_three_keyframes_with_progress_and_downloads(app, keys):
     seen = []
-    video, downloads, message = app.generate(
-        keys, "gi", 4, 2, 3, "64x64", 5, progress=lambda f, desc=None: seen.append((f, desc)))
+
+    class Progress:
+        """Like gr.Progress: callable, and of length 0 (falsy) until it tracks an iterable."""
+
+        def __len__(self):
+            return 0
+
+        def __call__(self, fraction, desc=None):
+            seen.append((fraction, desc))
+
+    video, downloads, message = app.generate(keys, "gi", 4, 2, 3, "64x64", 5,
+                                             progress=Progress())
     assert message.startswith("**Done:** 7 frames, 64x64, 5 fps, seed 3"), message
     mp4, gif, zip_ = downloads
     assert video == mp4 and mp4.endswith(".mp4") and gif.endswith(".gif")
@@ -148,8 +159,6 @@ def test_bad_requests_get_a_message_and_the_app_keeps_serving(app, keys, tmp_pat
         video, downloads, message = app.generate(files, **{**settings, **changes})
         assert video is None and downloads is None
         assert message.startswith("**Error:**"), message
-        import re
-
         assert re.search(expected, message), (expected, message)
 
     # An unexpected failure inside the pipeline is reported too, and the next request works.

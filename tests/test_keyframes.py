@@ -153,7 +153,8 @@ def run_cli(*argv) -> int:
     return cli.main([str(a) for a in argv])
 
 
-def test_cli_three_keyframes_loop_and_side_by_side(tiny_model_dir, keyframe_files, tmp_path, capsys):
+def test_cli_three_keyframes_loop_and_side_by_side(tiny_model_dir, keyframe_files, tmp_path,
+                                                   capsys):
     model = tiny_model_dir / "model"  # 6 frames per segment
     common = ["--model", model, "--backward", tiny_model_dir / "backward.safetensors",
               "--steps", "1", "--seed", "0", "--device", "cpu", "--fps", "5"]

@@ -189,7 +189,8 @@ class InbetweenApp:
         from .keyframes import layout
         from .pipeline import check_aspects
 
-        report = progress or (lambda *a, **k: None)
+        # (not `progress or ...`: a gr.Progress has a length, 0 until it tracks an iterable)
+        report = progress if progress is not None else (lambda *a, **k: None)
         t0 = time.time()
         try:
             paths = [_path_of(f) for f in files or []]
@@ -278,8 +279,9 @@ class InbetweenApp:
                         label="Keyframes: two or more images, in order (drag to reorder)",
                         file_count="multiple", type="filepath", allow_reordering=True,
                         elem_id="keyframes")
-                    order = gr.Gallery(label="Order", columns=6, height=140, allow_preview=False,
-                                       object_fit="contain", interactive=False, elem_id="order")
+                    order = gr.Gallery(label="Order", columns=5, fit_columns=False,
+                                       allow_preview=False, object_fit="contain",
+                                       interactive=False, elem_id="order")
                     notice = gr.Markdown("", elem_id="notice")
                     status = gr.Markdown(self.count_message([]), elem_id="status")
                     with gr.Row():
