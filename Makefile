@@ -2,7 +2,9 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+DEPS   := $(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+STAMP  := $(VENV)/.installed-$(DEPS)
+E2E_STAMP := $(VENV)/.installed-e2e-$(DEPS)
 # The CPU wheel of torch lies on this machine's disk; install it first so that nothing pulls
 # a multi-GB CUDA build. The package itself only asks for torch>=2.4.
 TORCH  ?= torch==2.13.0
@@ -15,12 +17,26 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) "$(TORCH)"
-	$(PIP) -c constraints.txt -e ".[test]"
+	$(PIP) -c constraints.txt -e ".[test,app]"
 	rm -f $(VENV)/.installed-*
 	touch $@
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The app's end-to-end browser test: Debian's Chromium (from apt, when missing) driven by
+# Playwright (from PyPI; it never downloads a browser of its own).
+CHROMIUM ?= /usr/bin/chromium
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(E2E_STAMP): $(STAMP)
+	$(PIP) -c constraints.txt -e ".[test,app,e2e]"
+	touch $@
+
+e2e: $(E2E_STAMP)
+	test -x $(CHROMIUM) || { $(SUDO) apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium; }
+	INBETWEENING_E2E=1 INBETWEENING_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q tests/e2e
 
 demo: $(STAMP)
 	$(BIN)/inbetween demo -o out/demo --overwrite
