@@ -20,6 +20,7 @@ from .utils import InbetweeningError
 # Commands defined in other modules: each has ``add_command(subparsers)``, which registers its
 # parser and sets ``func`` (a function of the parsed arguments) as a default.
 COMMAND_MODULES = (
+    "inbetweening.toy.demo",
     "inbetweening.app",
     "inbetweening.training",
     "inbetweening.evaluation",
@@ -66,7 +67,8 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
                    help="fused: one UNet call for both directions; reference: the paper's two "
                         "calls with explicit maps")
     p.add_argument("--max-unet-batch", type=int, default=None,
-                   help="split the fused UNet batch into calls of at most this many rows")
+                   help="split the fused UNet batch into calls of at most this many rows "
+                        "(default: all rows on a GPU, 2 on a CPU; 0: never split)")
     p.add_argument("--decode-chunk", type=int, default=None, help="frames decoded at once")
 
 

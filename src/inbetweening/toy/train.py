@@ -123,8 +123,10 @@ def train_vae(out: Path, cfg: VaeConfig, world: WorldConfig) -> None:
         frames = x.flatten(0, 1)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
             post = vae.encode(frames).latent_dist
-            z = post.mean + post.std * torch.randn(post.mean.shape, generator=g)
-            rec = vae.decode(z, num_frames=world.frames).sample.float()
+            # The posterior mean, not a sample: with a KL weight this small the VAE is an
+            # autoencoder anyway, and sampling noise hid the sprites' colours from the decoder
+            # (a sampled run had learnt no colour at all after 1200 steps).
+            rec = vae.decode(post.mean, num_frames=world.frames).sample.float()
         l1 = (weights * (rec - frames).abs()).mean()
         loss = l1 + cfg.kl_weight * post.kl().mean()
         opt.zero_grad(set_to_none=True)
