@@ -279,7 +279,7 @@ class InbetweenApp:
                         label="Keyframes: two or more images, in order (drag to reorder)",
                         file_count="multiple", type="filepath", allow_reordering=True,
                         elem_id="keyframes")
-                    order = gr.Gallery(label="Order", columns=5, fit_columns=False,
+                    order = gr.Gallery(label="Order", columns=6, fit_columns=False, height=150,
                                        allow_preview=False, object_fit="contain",
                                        interactive=False, elem_id="order")
                     notice = gr.Markdown("", elem_id="notice")
