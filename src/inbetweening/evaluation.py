@@ -217,6 +217,7 @@ def model_geometry(model) -> tuple[int, int, int] | None:
     """(frames, width, height) a local diffusers SVD folder was configured for (from its config
     files, without loading weights), or None when unknown."""
     from .loading import resolve_model
+    from .pipeline import vae_scale_factor
 
     source = resolve_model(model)
     if source is None or not Path(source).is_dir():
@@ -224,7 +225,7 @@ def model_geometry(model) -> tuple[int, int, int] | None:
     try:
         unet = json.loads((Path(source) / "unet" / "config.json").read_text())
         vae = json.loads((Path(source) / "vae" / "config.json").read_text())
-        scale = 2 ** (len(vae["block_out_channels"]) - 1)
+        scale = vae_scale_factor(vae)
         side = unet["sample_size"]
         h, w = (side, side) if isinstance(side, int) else side
         return int(unet["num_frames"]), int(w) * scale, int(h) * scale
@@ -656,6 +657,7 @@ def evaluate(set_path, methods, out, *, model=None, backward=None, device=None, 
     if out.exists() and not out.is_dir():
         raise InbetweeningError(f"{out} exists and is not a folder")
     from .loading import resolve_model
+    from .pipeline import vae_scale_factor
 
     source = resolve_model(model)
     settings = Settings(set_root=str(bset.root.resolve()), set_digest=bset.digest,

@@ -59,6 +59,15 @@ def to_pil(image: ImageInput) -> PIL.Image.Image:
     raise InbetweeningError(f"a keyframe must be a PIL image, array or tensor, not {type(image)}")
 
 
+def vae_scale_factor(config) -> int:
+    """Pixels per latent cell: 2 ** (blocks - 1) for diffusers' VAEs, ``patch_size`` for the toy
+    model's patch autoencoder. ``config``: a model config or its dict."""
+    get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+    if get("patch_size"):
+        return int(get("patch_size"))
+    return 2 ** (len(get("block_out_channels")) - 1)
+
+
 def check_aspects(images: list[PIL.Image.Image], tolerance: float = 0.02) -> None:
     """Keyframes of different aspect ratios are refused: no crop would frame both alike."""
     ratios = [im.width / im.height for im in images]
@@ -82,7 +91,7 @@ class InbetweenPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(vae=vae, image_encoder=image_encoder, unet=unet,
                               scheduler=scheduler, feature_extractor=feature_extractor)
-        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.vae_scale_factor = vae_scale_factor(self.vae.config)
         self.video_processor = VideoProcessor(do_resize=True,
                                               vae_scale_factor=self.vae_scale_factor)
         self.backward_metadata: dict[str, str] = {}

@@ -1,32 +1,25 @@
 """Tiny configurations of the real SVD classes, sized for the toy world on a 2-core CPU.
 
-The same classes as Stable Video Diffusion (diffusers' AutoencoderKLTemporalDecoder,
-UNetSpatioTemporalConditionModel, EulerDiscreteScheduler; transformers' CLIP vision model), so
-every code path of the product runs unchanged on them. The VAE downsamples by 8 as SVD's does
-(64x64 frames -> 8x8 latents), with 16 latent channels instead of 4 so that small sprites survive.
-
-Its blocks have 64 channels, not fewer: the class hard-codes GroupNorm with 32 groups, and with
-32 channels that is a per-channel instance norm right before the decoder's output convolution,
-which erases each image's absolute colours (a first VAE with 32 channels rendered cyan, yellow
-and green vehicles all green on a grey background). With 64 channels, colour survives as the
-difference between the two channels of a group.
+The same classes as Stable Video Diffusion (diffusers' UNetSpatioTemporalConditionModel and
+EulerDiscreteScheduler with SVD's config; transformers' CLIP vision model), so every code path
+of the product runs unchanged on them. The one exception is the autoencoder: a fitted linear
+patch autoencoder (:mod:`inbetweening.toy.autoencoder`, which says why) with the VAE's
+interface, downsampling by 8 as SVD's does (64x64 frames -> 8x8 latents), with 32 latent
+channels instead of 4.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from diffusers import (
-    AutoencoderKLTemporalDecoder,
-    EulerDiscreteScheduler,
-    UNetSpatioTemporalConditionModel,
-)
+from diffusers import EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from .autoencoder import PatchAutoencoder
 from .world import WorldConfig
 
 WORLD = WorldConfig()
-LATENT_CHANNELS = 16
+LATENT_CHANNELS = 32
 EMBED_DIM = 64
 
 # Where the trained toy model lives inside the package (a diffusers folder + backward weights).
@@ -44,12 +37,9 @@ def scheduler() -> EulerDiscreteScheduler:
     return EulerDiscreteScheduler(**SVD_SCHEDULER_CONFIG)
 
 
-def vae() -> AutoencoderKLTemporalDecoder:
-    return AutoencoderKLTemporalDecoder(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-        block_out_channels=(64, 64, 64, 64), layers_per_block=1, latent_channels=LATENT_CHANNELS,
-        sample_size=WORLD.size, scaling_factor=1.0, force_upcast=False,
-    )
+def vae() -> PatchAutoencoder:
+    """The toy autoencoder (unfitted: a random orthonormal basis until ``fit``)."""
+    return PatchAutoencoder(latent_channels=LATENT_CHANNELS, patch_size=8)
 
 
 def unet(num_frames: int = WORLD.frames) -> UNetSpatioTemporalConditionModel:

@@ -1,5 +1,6 @@
-"""Train the toy models from scratch: the VAE, then the forward image-to-video UNet (with its
-CLIP image encoder), then the backward weights with the product's own fine-tuning command.
+"""Train the toy models from scratch: fit the autoencoder, then train the forward image-to-video
+UNet (with its CLIP image encoder), then the backward weights with the product's own fine-tuning
+command.
 
     python -m inbetweening.toy.train --out runs/toy            # every stage, resumable
     python -m inbetweening.toy.train --out runs/toy --stage vae
@@ -38,19 +39,14 @@ TRAIN_SEED = 0  # the training stream of the toy world; held-out seeds are >= wo
 
 
 @dataclass
-class VaeConfig:
-    steps: int = 1500
-    clips_per_step: int = 1  # whole 64x64 frames: GroupNorm statistics must match inference
-    bf16: bool = True  # autocast: ~1.6x faster on a CPU with AVX512-BF16, same quality here
-    lr: float = 1e-3
-    kl_weight: float = 1e-6
-    sprite_weight: float = 6.0  # extra loss weight on moving pixels (vehicles are small)
-    checkpoint_every: int = 100
+class AutoencoderConfig:
+    clips: int = 500  # toy clips whose frames the patch components are fitted on
+    frames_per_clip: int = 4
 
 
 @dataclass
 class ForwardConfig:
-    steps: int = 5000
+    steps: int = 12000
     batch: int = 8
     lr: float = 4e-4
     warmup: int = 100
@@ -60,7 +56,7 @@ class ForwardConfig:
     p_std: float = 1.4
     p_uniform: float = 0.1  # ... and log-uniform over the sampler's whole range for the rest
     bf16: bool = True  # autocast the UNet and image encoder (fp32 weights, optimizer and loss)
-    pool: int = 5000  # training clips, VAE-encoded once and cycled through in shuffled epochs
+    pool: int = 8000  # training clips, VAE-encoded once and cycled through in shuffled epochs
     cond_dropout: float = 0.1  # zero CLIP embedding and image latent together, for CFG
     noise_aug: float = 0.02
     fps: int = 7
@@ -88,78 +84,31 @@ def _prune(ckpt_dir: Path, keep: int = 2) -> None:
         p.unlink()
 
 
-def _sprite_weights(x: torch.Tensor, extra: float) -> torch.Tensor:
-    """Per-pixel loss weights: 1 on the static background, 1 + extra where the clip moves.
-    x: (B, F, 3, H, W) in [-1, 1]."""
-    moving = (x - x.median(dim=1, keepdim=True).values).abs().amax(dim=2, keepdim=True)
-    return 1.0 + extra * (moving * 4).clamp(0, 1)
-
-
-def train_vae(out: Path, cfg: VaeConfig, world: WorldConfig) -> None:
-    stage = out / "vae"
-    if (stage / "config.json").exists():
-        print("vae: done already, skipping")
+def fit_autoencoder(out: Path, cfg: AutoencoderConfig, world: WorldConfig) -> None:
+    """The toy autoencoder: principal components of 8x8 patches of toy frames (see
+    :mod:`inbetweening.toy.autoencoder` for why it is fitted rather than trained)."""
+    if (out / "vae" / "config.json").exists():
+        print("autoencoder: done already, skipping")
         return
-    ckpt_dir = out / "checkpoints" / "vae"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
+    t0 = time.time()
+    clips = make_clips(TRAIN_SEED + 1, cfg.clips, world)
+    step = max(1, world.frames // cfg.frames_per_clip)
+    frames = (clips.video[:, ::step] * 2 - 1).flatten(0, 1)
     vae = models.vae()
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
-    step, elapsed = 0, 0.0
-    if (ck := _latest(ckpt_dir)) is not None:
-        state = torch.load(ck, weights_only=True)
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step, elapsed = state["step"], state["elapsed"]
-        print(f"vae: resuming at step {step}")
-    vae.train()
-    bar = tqdm(total=cfg.steps, initial=step, desc="vae")
-    while step < cfg.steps:
-        t0 = time.time()
-        g = torch.Generator().manual_seed(1_000 + step)
-        clips = make_clips(TRAIN_SEED, cfg.clips_per_step, world, start=step * cfg.clips_per_step)
-        x = clips.video * 2 - 1  # (B, F, 3, H, W)
-        weights = _sprite_weights(x, cfg.sprite_weight).flatten(0, 1)
-        frames = x.flatten(0, 1)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            post = vae.encode(frames).latent_dist
-            # The posterior mean, not a sample: with a KL weight this small the VAE is an
-            # autoencoder anyway, and sampling noise hid the sprites' colours from the decoder
-            # (a sampled run had learnt no colour at all after 1200 steps).
-            rec = vae.decode(post.mean, num_frames=world.frames).sample.float()
-        l1 = (weights * (rec - frames).abs()).mean()
-        loss = l1 + cfg.kl_weight * post.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        for group in opt.param_groups:  # cosine decay to 10 %
-            group["lr"] = cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
-        opt.step()
-        step += 1
-        elapsed += time.time() - t0
-        psnr = -10 * math.log10(F.mse_loss(rec.detach(), frames).item() / 4 + 1e-12)
-        bar.update(1)
-        bar.set_postfix(l1=f"{l1.item():.4f}", psnr=f"{psnr:.1f}")
-        _log_row(out / "vae_log.csv", {"step": step, "loss": f"{loss.item():.5f}",
-                                       "l1": f"{l1.item():.5f}", "psnr": f"{psnr:.2f}",
-                                       "seconds": f"{elapsed:.1f}"})
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            atomic_torch_save({"model": vae.state_dict(), "optimizer": opt.state_dict(),
-                               "step": step, "elapsed": elapsed}, ckpt_dir / f"step-{step}.pt")
-            _prune(ckpt_dir)
-    bar.close()
-    # Scale latents to unit variance, as SD/SVD's scaling factor does.
-    vae.eval()
+    stats = vae.fit(frames)
+    held = make_clips(TRAIN_SEED + 2, 16, world).video.flatten(0, 1) * 2 - 1
     with torch.no_grad():
-        x = make_clips(TRAIN_SEED + 1, 32, world).video.flatten(0, 1) * 2 - 1
-        std = vae.encode(x).latent_dist.mode().std().item()
-    vae.register_to_config(scaling_factor=1.0 / std)
-    tmp = stage.with_name("vae.tmp")
+        rec = vae.decode(vae.encode(held).latent_dist.mode()).sample
+    psnr = -10 * math.log10(F.mse_loss(rec, held).item() / 4)
+    tmp = out / "vae.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     vae.save_pretrained(tmp)
-    os.replace(tmp, stage)
-    _write_stage_report(out, "vae", {"steps": step, "seconds": elapsed, "latent_std": std,
-                                     "config": asdict(cfg)})
+    os.replace(tmp, out / "vae")
+    print(f"autoencoder: {stats['variance_kept']:.1%} of the patch variance, {psnr:.1f} dB on "
+          "other clips")
+    _write_stage_report(out, "autoencoder", {**stats, "psnr_db": psnr, "frames": len(frames),
+                                             "seconds": time.time() - t0,
+                                             "config": asdict(cfg)})
 
 
 def _write_stage_report(out: Path, name: str, info: dict) -> None:
@@ -183,9 +132,9 @@ def _sigmas(cfg: ForwardConfig, batch: int, g: torch.Generator) -> torch.Tensor:
 
 def latent_pool(out: Path, vae, world: WorldConfig, size: int, chunk: int = 250):
     """The forward stage's training clips: (latents (N, F, C, h, w) scaled by the VAE's factor,
-    first frames (N, 3, H, W) in [-1, 1]). Encoding every clip at every step would cost more than
-    the UNet step itself (the VAE works at full resolution), so clips are encoded once, in chunks
-    saved as they are done (an interrupted run resumes)."""
+    first frames (N, 3, H, W) in [-1, 1]). Rendering clips costs about half a UNet step per
+    batch, so they are rendered and encoded once, in chunks saved as they are done (an
+    interrupted run resumes)."""
     folder = out / "latent_pool"
     folder.mkdir(parents=True, exist_ok=True)
     sf = vae.config.scaling_factor
@@ -198,8 +147,8 @@ def latent_pool(out: Path, vae, world: WorldConfig, size: int, chunk: int = 250)
                 n = min(8, size - a, start + chunk - a)
                 clips = make_clips(TRAIN_SEED, n, world, start=a)
                 x = clips.video * 2 - 1
-                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-                    z = vae.encode(x.flatten(0, 1)).latent_dist.mode().float() * sf
+                with torch.no_grad():
+                    z = vae.encode(x.flatten(0, 1)).latent_dist.mode() * sf
                 parts_z.append(z.unflatten(0, x.shape[:2]))
                 parts_x.append(x[:, 0])
             atomic_torch_save({"latents": torch.cat(parts_z), "first": torch.cat(parts_x)}, path)
@@ -225,11 +174,11 @@ def train_forward(out: Path, cfg: ForwardConfig, world: WorldConfig, device: str
     if (out / "unet" / "config.json").exists():
         print("forward: done already, skipping")
         return
-    from diffusers import AutoencoderKLTemporalDecoder
+    from .autoencoder import PatchAutoencoder
 
     ckpt_dir = out / "checkpoints" / "forward"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    vae = AutoencoderKLTemporalDecoder.from_pretrained(out / "vae").to(device).eval()
+    vae = PatchAutoencoder.from_pretrained(out / "vae").to(device).eval()
     vae.requires_grad_(False)
     pool_z, pool_first = latent_pool(out, vae, world, cfg.pool)
     torch.manual_seed(1)
@@ -390,7 +339,7 @@ def _write_model_index(out: Path) -> None:
         "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
         "scheduler": ["diffusers", "EulerDiscreteScheduler"],
         "unet": ["diffusers", "UNetSpatioTemporalConditionModel"],
-        "vae": ["diffusers", "AutoencoderKLTemporalDecoder"],
+        "vae": ["inbetweening.toy.autoencoder", "PatchAutoencoder"],
     }
     (out / "model_index.json").write_text(json.dumps(index, indent=2))
 
@@ -405,16 +354,13 @@ COMPONENTS = ("vae", "unet", "image_encoder", "feature_extractor", "scheduler")
 def bundle(out: Path, dest: Path = models.BUNDLED_MODEL) -> Path:
     """Copy the trained toy model into the package: a diffusers folder in fp16, its backward
     weights, and its recommended call arguments. Replaces ``dest`` in one move."""
-    from diffusers import (
-        AutoencoderKLTemporalDecoder,
-        EulerDiscreteScheduler,
-        UNetSpatioTemporalConditionModel,
-    )
+    from diffusers import EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
     from ..backward import load_backward_weights_file, save_backward_weights
+    from .autoencoder import PatchAutoencoder
 
-    classes = {"vae": AutoencoderKLTemporalDecoder, "unet": UNetSpatioTemporalConditionModel,
+    classes = {"vae": PatchAutoencoder, "unet": UNetSpatioTemporalConditionModel,
                "image_encoder": CLIPVisionModelWithProjection,
                "feature_extractor": CLIPImageProcessor, "scheduler": EulerDiscreteScheduler}
     missing = [c for c in COMPONENTS if not (out / c).is_dir()]
@@ -467,8 +413,7 @@ def plot_report(out: Path, docs: Path) -> list[Path]:
 
     docs.mkdir(parents=True, exist_ok=True)
     written = []
-    stages = [("vae", "vae_log.csv", "psnr", "reconstruction PSNR (dB)"),
-              ("forward", "forward_log.csv", "loss", "weighted denoising loss"),
+    stages = [("forward", "forward_log.csv", "loss", "weighted denoising loss"),
               ("backward", "backward/log.csv", "loss", "weighted denoising loss")]
     fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 3.6))
     for ax, (name, log, key, label) in zip(axes, stages):
@@ -500,7 +445,6 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--stage", choices=["vae", "forward", "backward", "all"], default="all")
-    p.add_argument("--vae-steps", type=int, default=VaeConfig.steps)
     p.add_argument("--forward-steps", type=int, default=ForwardConfig.steps)
     p.add_argument("--backward-steps", type=int, default=BackwardConfig.steps)
     p.add_argument("--bundle", action="store_true",
@@ -515,7 +459,7 @@ def main(argv: list[str] | None = None) -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     world = WorldConfig()
     if a.stage in ("vae", "all"):
-        train_vae(a.out, VaeConfig(steps=a.vae_steps), world)
+        fit_autoencoder(a.out, AutoencoderConfig(), world)
     if a.stage in ("forward", "all"):
         train_forward(a.out, ForwardConfig(steps=a.forward_steps), world, a.device)
     if a.stage in ("backward", "all"):
