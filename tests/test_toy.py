@@ -93,3 +93,20 @@ def test_demo_writes_videos_sheet_and_metrics(tiny_model_dir, tmp_path, capsys):
     assert cli.main(argv) == 2  # exists: not replaced without --overwrite
     assert "already exists" in capsys.readouterr().err
     assert cli.main(argv + ["--overwrite"]) == 0
+
+
+def test_the_bundled_model_loads_in_a_fresh_process():
+    """diffusers loads a component class only from modules already imported: loading the toy
+    model (whose VAE is PatchAutoencoder) must not depend on what the caller imported first."""
+    import subprocess
+    import sys
+
+    from inbetweening.loading import bundled_model
+
+    model = bundled_model()
+    assert model is not None, "the toy model is not bundled in this checkout"
+    code = ("from inbetweening.pipeline import InbetweenPipeline\n"
+            f"p = InbetweenPipeline.from_pretrained({str(model)!r})\n"
+            "print(type(p.vae).__name__, p.unet.config.num_frames, sorted(p.defaults))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[:2] == ["PatchAutoencoder", "8"]

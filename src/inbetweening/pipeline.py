@@ -22,6 +22,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 
 from . import attention, backward, conditioning
+from .toy import autoencoder as _toy_autoencoder  # noqa: F401 - diffusers loads toy model folders
+# (their VAE is inbetweening.toy.autoencoder.PatchAutoencoder) only from modules already imported
 from .methods import check_method, is_dual, layer_plans
 from .sampling import (
     InbetweenDenoiser, KeyframeCondition, count_predictions, fuse_weights, guidance_per_frame,
