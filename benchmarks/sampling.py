@@ -3,8 +3,9 @@
     python benchmarks/sampling.py --out benchmarks/results            # CPU: tiny model
     python benchmarks/sampling.py --out benchmarks/results --device cuda   # + SVD-XT-sized UNet
 
-CPU rows use a tiny random SVD (the toy model's shapes) in fp32, timed by the process's CPU
-time with one thread (robust to other load on the machine). On a GPU the script also builds
+CPU rows use random-weight UNets in fp32: ``tiny`` (the tiny SVD of svd-facts.md: 1.8 M
+parameters, 16x16x4 latents) and ``toy`` (the bundled toy model's shapes: 5.2 M parameters,
+8x8x32 latents), timed by the process's CPU time with one thread (robust to other load). On a GPU the script also builds
 an SVD-XT-sized UNet with random weights (speed and memory do not depend on the weight values) and
 times it at 1024x576, 25 frames, fp16. Modes are timed interleaved (A B A B ...) in one run and
 the median is reported, so a busy machine slows both alike. Writes ``sampling.md`` (a markdown
@@ -28,8 +29,7 @@ from inbetweening.sampling import (
     InbetweenDenoiser, KeyframeCondition, count_predictions, fuse_weights, guidance_per_frame,
 )
 
-MODES = {"fused (default: by device)": dict(dual_pass="fused"),
-         "fused, one call": dict(dual_pass="fused", max_rows=0),
+MODES = {"fused (default)": dict(dual_pass="fused"),
          "fused, calls of 2 rows": dict(dual_pass="fused", max_rows=2),
          "reference": dict(dual_pass="reference")}
 
@@ -40,8 +40,17 @@ def build_unet(kind: str, device, dtype):
     from inbetweening.toy import models
 
     torch.manual_seed(0)
-    if kind == "tiny":
+    if kind == "toy":
         unet = models.unet()
+    elif kind == "tiny":  # the tiny random SVD of ../shared/notes/svd-facts.md
+        unet = UNetSpatioTemporalConditionModel(
+            sample_size=16, in_channels=8, out_channels=4,
+            down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+            up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
+            block_out_channels=(32, 64), layers_per_block=2, cross_attention_dim=32,
+            num_attention_heads=(2, 4), addition_time_embed_dim=32,
+            projection_class_embeddings_input_dim=96, transformer_layers_per_block=1,
+            num_frames=8)
     else:  # the class defaults are SVD-XT's UNet config (see ../shared/notes/svd-facts.md)
         with torch.device(device):
             unet = UNetSpatioTemporalConditionModel(sample_size=96, num_frames=25)
@@ -74,9 +83,11 @@ def sync(device):
 
 
 def clock(device) -> float:
-    """Wall time on a GPU; on the CPU, this process's CPU time, which other processes on a busy
-    machine barely disturb (run with one thread so that it equals the work done)."""
-    return time.perf_counter() if device.type == "cuda" else time.process_time()
+    """Wall time on a GPU, or on a CPU with several threads (what a user waits); with one CPU
+    thread, this process's CPU time, which other processes on a busy machine barely disturb."""
+    if device.type == "cuda" or torch.get_num_threads() > 1:
+        return time.perf_counter()
+    return time.process_time()
 
 
 def measure(kind: str, device, dtype, frames: int, latent_hw, repeats: int, steps: int):
@@ -92,13 +103,10 @@ def measure(kind: str, device, dtype, frames: int, latent_hw, repeats: int, step
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
                 base = torch.cuda.memory_allocated()
-            with RssPeak() as rss:
-                den(x, sigma)
-                sync(device)
-            if device.type == "cuda":
+            den(x, sigma)
+            sync(device)
+            if device.type == "cuda":  # (a CPU has no allocator statistics worth reporting)
                 peaks[name] = f"{(torch.cuda.max_memory_allocated() - base) / 2**30:.2f} GiB"
-            else:
-                peaks[name] = f"+{rss.mib:.0f} MiB RSS"
         for _ in range(repeats):
             for name, (den, x) in dens.items():
                 t0 = clock(device)
@@ -117,36 +125,9 @@ def measure(kind: str, device, dtype, frames: int, latent_hw, repeats: int, step
     return rows, per_video
 
 
-class RssPeak:
-    """Peak resident memory above the level at entry, polled every half millisecond (the CPU
-    has no allocator statistics like CUDA's)."""
-
-    def __enter__(self):
-        import threading
-
-        import psutil
-
-        self.proc, self.peak, self.stop = psutil.Process(), 0, threading.Event()
-        self.base = self.proc.memory_info().rss
-
-        def poll():
-            while not self.stop.is_set():
-                self.peak = max(self.peak, self.proc.memory_info().rss - self.base)
-                time.sleep(0.0005)
-
-        self.thread = threading.Thread(target=poll, daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join()
-        self.mib = self.peak / 2**20
-
-
 def markdown(rows, per_video: dict) -> str:
     lines = ["| model | device | dtype | frames | latent | mode | s / prediction | "
-             "s / video | vs reference | peak memory |",
+             "s / video | vs reference | peak GPU memory |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         peak = r["peak"] or "-"
@@ -168,9 +149,11 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     rows, per_video = [], {}
-    r, n = measure("tiny", torch.device("cpu"), torch.float32, 8, (8, 8), a.repeats, 25)
+    r, n = measure("tiny", torch.device("cpu"), torch.float32, 8, (16, 16), a.repeats, 25)
     rows += r
-    per_video["tiny: 25 steps, 5 re-injections on half of them"] = n
+    r, n = measure("toy", torch.device("cpu"), torch.float32, 8, (8, 8), a.repeats, 25)
+    rows += r
+    per_video["tiny, toy: 25 steps, 5 re-injections on half of them"] = n
     device = torch.device(a.device)
     if device.type == "cuda":
         r, n = measure("svd-xt", device, torch.float16, 25, (72, 128), max(3, a.repeats // 4), 50)

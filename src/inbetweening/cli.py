@@ -67,8 +67,8 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
                    help="fused: one UNet call for both directions; reference: the paper's two "
                         "calls with explicit maps")
     p.add_argument("--max-unet-batch", type=int, default=None,
-                   help="split the fused UNet batch into calls of at most this many rows "
-                        "(default: all rows on a GPU, 2 on a CPU; 0: never split)")
+                   help="split the fused UNet batch into calls of at most this many rows, to "
+                        "save memory (default: one call)")
     p.add_argument("--decode-chunk", type=int, default=None, help="frames decoded at once")
 
 

@@ -94,7 +94,7 @@ class InbetweenDenoiser:
     """``denoise(x, sigma)`` for one video latent x of shape (1, F, C, h, w).
 
     ``dual_pass``: ``"fused"`` (one UNet call for both directions, optionally split into calls of
-    at most ``max_rows`` rows, forward and backward rows kept together; see :meth:`rows_per_call`) or ``"reference"`` (the
+    at most ``max_rows`` rows, forward and backward rows kept together) or ``"reference"`` (the
     paper literally: a forward call that records explicit maps, then a backward call that uses
     them rotated).
     """
@@ -131,15 +131,6 @@ class InbetweenDenoiser:
                         return_dict=False)[0]
         return out.float()
 
-    def rows_per_call(self, device: torch.device) -> int:
-        """Rows of one fused UNet call. ``max_rows=None`` (auto): everything at once on a GPU,
-        where a bigger batch is nearly free; one forward and one backward row per call on a
-        CPU, where a UNet call on 4 rows costs more than twice one on 2 (measured in
-        benchmarks/sampling.py). ``max_rows=0``: never split."""
-        if self.max_rows is None:
-            return 2 if device.type == "cpu" else 1 << 30
-        return self.max_rows or 1 << 30
-
     def _predict(self, xs: list[torch.Tensor], sigma) -> list[torch.Tensor]:
         """v predictions for each direction's rows; xs[d] is (rows_d, F, C, h, w)."""
         if not self.dual:
@@ -152,7 +143,7 @@ class InbetweenDenoiser:
                 vb = self._unet(xs[1], sigma, self.embeds[1], self.latents[1])
             return [vf, vb]
         rows = xs[0].shape[0]
-        step = max(1, self.rows_per_call(xs[0].device) // 2)
+        step = rows if not self.max_rows else max(1, self.max_rows // 2)
         vf, vb = [], []
         with attention.phase(self.unet, "fused", self.plans):
             for a in range(0, rows, step):
