@@ -42,7 +42,8 @@ demo: $(STAMP)
 	$(BIN)/inbetween demo -o out/demo --overwrite
 
 benchmark: $(STAMP)
-	$(BIN)/python benchmarks/sampling.py --out benchmarks/results
+	$(BIN)/python benchmarks/sampling.py --out benchmarks/results --threads 2
+	$(BIN)/python benchmarks/training.py --out benchmarks/results
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
