@@ -657,7 +657,6 @@ def evaluate(set_path, methods, out, *, model=None, backward=None, device=None, 
     if out.exists() and not out.is_dir():
         raise InbetweeningError(f"{out} exists and is not a folder")
     from .loading import resolve_model
-    from .pipeline import vae_scale_factor
 
     source = resolve_model(model)
     settings = Settings(set_root=str(bset.root.resolve()), set_digest=bset.digest,

@@ -10,8 +10,8 @@ toy budget. (``../shared/notes/toy-feasibility.md`` foresaw this: "or give the t
 exact ... autoencoder with the same encode/decode interface".)
 
 So the toy latent is linear and fitted, not trained: each 8x8x3 patch of a frame is projected on
-the leading principal components of toy-world patches (32 of 192 keep 31 dB and every colour
-exactly), giving latents of shape (32, H/8, W/8) like an SVD VAE's (4, H/8, W/8). It has the
+the leading principal components of toy-world patches (32 of 192 keep 95 % of the variance, 32 dB
+on other clips, and every colour), giving latents of shape (32, H/8, W/8) like an SVD VAE's (4, H/8, W/8). It has the
 interface the pipeline and training use (``encode(x).latent_dist.mode()``,
 ``decode(z, num_frames=).sample``, ``config.scaling_factor``, ``config.latent_channels``) and
 loads and saves as a diffusers model. Real SVD models keep their own VAE; nothing else in the
