@@ -595,12 +595,7 @@ def write_plots(result: dict, folder: Path) -> list[Path]:
         ax.set_xticks(range(len(methods)), methods, rotation=45, ha="right", fontsize=8)
         ax.set_title(f"{METRICS[k][0]} {'↑' if METRICS[k][1] else '↓'}", fontsize=9)
         ax.tick_params(axis="y", labelsize=8)
-    fig.tight_layout()
-    path = folder / "bars.png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    written.append(path)
+    written.append(_save_figure(fig, folder / "bars.png"))
 
     curves = [k for k in ("psnr", "ssim", "lpips", "trajectory_error")
               if any(k in r["per_frame"] for r in result["pairs"])]
@@ -618,13 +613,19 @@ def write_plots(result: dict, folder: Path) -> list[Path]:
         ax.set_xlabel("frame", fontsize=8)
         ax.tick_params(labelsize=8)
     axes[0][-1].legend(fontsize=7)
+    written.append(_save_figure(fig, folder / "per_frame.png"))
+    return written
+
+
+def _save_figure(fig, path: Path) -> Path:
+    """Write a matplotlib figure as PNG, atomically, and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    path = folder / "per_frame.png"
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    written.append(path)
-    return written
+    return path
 
 
 def _distributed_state(cpu: bool):
