@@ -109,14 +109,13 @@ def seed_generator(seed: int | None):
 
 def _interpolate(args) -> None:
     from . import media
-    from .keyframes import inbetween_sequence
+    from .keyframes import inbetween_sequence, layout
     from .loading import load_pipeline
     from .pipeline import check_aspects
 
     media.check_output(args.output, args.overwrite)
     images = [media.read_image(p) for p in args.keyframes]
-    if len(images) < 2 and not args.loop:
-        raise InbetweeningError("give at least two keyframes (or one with --loop)")
+    layout(images, args.loop)  # too few keyframes: refused before the model is loaded
     check_aspects(images)
     pipe = load_pipeline(args.model, args.backward, args.device, args.dtype)
     kw = sampling_kwargs(args, pipe)

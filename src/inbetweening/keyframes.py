@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import PIL.Image
 import torch
 
 from .utils import InbetweeningError
@@ -29,13 +28,6 @@ def segment_pairs(count: int, loop: bool) -> list[tuple[int, int]]:
     if loop:
         pairs.append((count - 1, 0))
     return pairs
-
-
-def keyframe_indices(count: int, num_frames: int, loop: bool) -> list[int]:
-    """Where each keyframe lands in the joined video (a looped video ends one frame before the
-    first keyframe comes round again)."""
-    step = num_frames - 1
-    return [i * step for i in range(count)]
 
 
 def join_segments(segments: list[np.ndarray], loop: bool) -> np.ndarray:
@@ -103,6 +95,3 @@ def inbetween_sequence(pipe, keyframes: list, *, loop: bool = False,
         segments.append(np.asarray(out[0]))
     return join_segments(segments, plan.closed)
 
-
-def to_uint8(video: np.ndarray) -> list[PIL.Image.Image]:
-    return [PIL.Image.fromarray((np.clip(f, 0, 1) * 255).round().astype(np.uint8)) for f in video]

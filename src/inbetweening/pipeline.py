@@ -230,9 +230,8 @@ class InbetweenPipeline(DiffusionPipeline):
         ``reinject_count`` defaults to 5 for the two-direction methods (the published recipe)
         and 0 for ``forward``. ``max_unet_batch`` caps the rows of one UNet call (the fused batch
         is split, forward and backward rows kept together) to save memory; None or 0: one
-        call. All noise (keyframe
-        augmentation, initial latent, re-injection) comes from ``generator``: a seed gives the
-        same video.
+        call. All noise (keyframe augmentation, initial latent, re-injection) comes from
+        ``generator``: a seed gives the same video.
         """
         method = check_method(method)
         dual = is_dual(method)

@@ -112,10 +112,9 @@ def run_demo(pipe, out: Path, *, pairs: int = 3, seed: int = 0, overwrite: bool 
                 g = torch.Generator().manual_seed(seed + i)
                 video = pipe(start, end, method=method, generator=g, **kw).frames
                 rows[method] = _frames(video.float().cpu())
-                c = clip
                 per_method[method].append(track_metrics(
-                    rows[method], c.colors[0].numpy(), c.centers[0].numpy(),
-                    c.headings[0].numpy(), c.present[0].numpy(),
+                    rows[method], clip.colors[0].numpy(), clip.centers[0].numpy(),
+                    clip.headings[0].numpy(), clip.present[0].numpy(),
                     start.permute(1, 2, 0).numpy(), end.permute(1, 2, 0).numpy()))
                 bar.update()
             pair_dir = tmp / f"pair-{i}"

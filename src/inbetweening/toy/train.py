@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .. import conditioning as cond
-from ..utils import atomic_torch_save
+from ..utils import atomic_path, atomic_torch_save
 from . import models
 from .world import WorldConfig, make_clips
 
@@ -100,10 +100,8 @@ def fit_autoencoder(out: Path, cfg: AutoencoderConfig, world: WorldConfig) -> No
     with torch.no_grad():
         rec = vae.decode(vae.encode(held).latent_dist.mode()).sample
     psnr = -10 * math.log10(F.mse_loss(rec, held).item() / 4)
-    tmp = out / "vae.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    vae.save_pretrained(tmp)
-    os.replace(tmp, out / "vae")
+    with atomic_path(out / "vae") as tmp:
+        vae.save_pretrained(tmp)
     print(f"autoencoder: {stats['variance_kept']:.1%} of the patch variance, {psnr:.1f} dB on "
           "other clips")
     _write_stage_report(out, "autoencoder", {**stats, "psnr_db": psnr, "frames": len(frames),
@@ -161,11 +159,14 @@ def latent_pool(out: Path, vae, world: WorldConfig, size: int, chunk: int = 250)
 def _pool_indices(step: int, batch: int, size: int) -> torch.Tensor:
     """Indices of the clips of ``step``: shuffled epochs over the pool, a pure function of the
     step (so a resumed run sees the same clips)."""
+    perms: dict[int, torch.Tensor] = {}
     idx = []
     for k in range(step * batch, (step + 1) * batch):
         epoch, pos = divmod(k, size)
-        perm = torch.randperm(size, generator=torch.Generator().manual_seed(3_000_000 + epoch))
-        idx.append(int(perm[pos]))
+        if epoch not in perms:
+            g = torch.Generator().manual_seed(3_000_000 + epoch)
+            perms[epoch] = torch.randperm(size, generator=g)
+        idx.append(int(perms[epoch][pos]))
     return torch.tensor(idx)
 
 
@@ -258,10 +259,8 @@ def train_forward(out: Path, cfg: ForwardConfig, world: WorldConfig, device: str
             _prune(ckpt_dir)
     bar.close()
     for name, model in (("unet", ema_unet), ("image_encoder", ema_encoder)):
-        tmp = out / f"{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        os.replace(tmp, out / name)
+        with atomic_path(out / name) as tmp:
+            model.save_pretrained(tmp)
     models.feature_extractor().save_pretrained(out / "feature_extractor")
     models.scheduler().save_pretrained(out / "scheduler")
     _write_model_index(out)
@@ -298,14 +297,12 @@ def write_clips(folder: Path, count: int, world: WorldConfig, seed: int = TRAIN_
         clip_dir = folder / f"clip-{i:05d}"
         if clip_dir.is_dir():
             continue
-        tmp = folder / f".clip-{i:05d}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
         video = make_clips(seed, 1, world, start=i).video[0]
-        for f, frame in enumerate(video):
-            arr = (frame.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-            PIL.Image.fromarray(arr).save(tmp / f"{f:03d}.png")
-        os.replace(tmp, clip_dir)
+        with atomic_path(clip_dir) as tmp:
+            tmp.mkdir()
+            for f, frame in enumerate(video):
+                arr = (frame.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+                PIL.Image.fromarray(arr).save(tmp / f"{f:03d}.png")
     (folder / "done").write_text(f"{count}\n")
     return folder
 
@@ -366,22 +363,18 @@ def bundle(out: Path, dest: Path = models.BUNDLED_MODEL) -> Path:
     missing = [c for c in COMPONENTS if not (out / c).is_dir()]
     if missing or not (out / "backward.safetensors").is_file():
         raise SystemExit(f"cannot bundle {out}: missing {missing or ['backward.safetensors']}")
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, cls in classes.items():
-        part = cls.from_pretrained(out / name)
-        if isinstance(part, torch.nn.Module):
-            part = part.to(torch.float16)
-        part.save_pretrained(tmp / name)
-    _write_model_index(tmp)
     tensors, meta = load_backward_weights_file(out / "backward.safetensors")
-    save_backward_weights(tmp / "backward.safetensors", tensors, metadata=meta,
-                          dtype=torch.float16)
-    (tmp / "inbetweening.json").write_text(json.dumps(TOY_DEFAULTS, indent=2) + "\n")
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
+    with atomic_path(dest) as tmp:  # replaces an earlier bundle in one move
+        tmp.mkdir(parents=True)
+        for name, cls in classes.items():
+            part = cls.from_pretrained(out / name)
+            if isinstance(part, torch.nn.Module):
+                part = part.to(torch.float16)
+            part.save_pretrained(tmp / name)
+        _write_model_index(tmp)
+        save_backward_weights(tmp / "backward.safetensors", tensors, metadata=meta,
+                              dtype=torch.float16)
+        (tmp / "inbetweening.json").write_text(json.dumps(TOY_DEFAULTS, indent=2) + "\n")
     size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
     print(f"bundled {out} -> {dest} ({size / 2**20:.1f} MiB)")
     return dest
