@@ -233,11 +233,12 @@ def test_gradient_accumulation_equals_a_bigger_batch(clips_dir, tmp_path, tiny_m
                                       **kw))
     # The same samples and the same gradient at every step: losses and gradient norms (before
     # clipping) as logged. A wrong loss scale shows here; AdamW would hide it from the weights.
+    # Bounds of two print steps of the log (loss to 6 significant digits, grad_norm to 4).
     big_log, acc_log = (_log(p.parent) for p in (big, acc))
     assert len(big_log) == len(acc_log) == 3
     for x, y in zip(big_log, acc_log):
-        for col in ("loss", "grad_norm"):
-            assert float(y[col]) == pytest.approx(float(x[col]), rel=1e-4, abs=1e-6)
+        for col, rel in (("loss", 1e-4), ("grad_norm", 2e-3)):
+            assert float(y[col]) == pytest.approx(float(x[col]), rel=rel)
     # The weights: a batch of 2 sums its gradients in another order than two micro-batches, and
     # AdamW's 1/sqrt(v) blows that rounding up to ~1 % of lr where a gradient is near zero, so
     # they agree to a tenth of lr (1e-3 here), not to the last bit.
