@@ -197,8 +197,7 @@ def test_loss_falls_when_overfitting_two_clips(clips_dir, tmp_path):
     training.train(cfg, pipe=pipe)
     end = held_out_loss()
     assert end < 0.9 * start, (start, end)
-    with (tmp_path / "run" / "log.csv").open() as f:
-        rows = list(csv.DictReader(f))
+    rows = _log(tmp_path / "run")
     assert [int(r["step"]) for r in rows] == list(range(1, 41))
     # every logged loss lands in the bucket of its sigmas
     assert all(r["loss_sigma<0.5"] == "" and r["loss_sigma>=20"] == "" for r in rows)
@@ -219,10 +218,7 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one(clips_dir, tmp_path
     b, _ = backward.load_backward_weights_file(resumed)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)
-    logs = []
-    for run in (tmp_path / "whole", out):
-        with (run / "log.csv").open() as f:
-            logs.append([(r["step"], r["loss"]) for r in csv.DictReader(f)])
+    logs = [[(r["step"], r["loss"]) for r in _log(run)] for run in (tmp_path / "whole", out)]
     assert logs[0] == logs[1] and len(logs[0]) == 5
 
 
@@ -340,8 +336,7 @@ def test_command_writes_weights_checkpoints_log_and_samples_that_interpolate_loa
     assert cli.main(args + ["--resume", "--steps", "4", "--sample-every", "0"]) == 0
     assert "resuming from" in capsys.readouterr().out and "step-0000003.pt" in str(
         training.checkpoints(out))
-    with (out / "log.csv").open() as f:
-        assert [r["step"] for r in csv.DictReader(f)] == ["1", "2", "3", "4"]
+    assert [r["step"] for r in _log(out)] == ["1", "2", "3", "4"]
     _, meta = backward.load_backward_weights_file(out / "backward.safetensors")
     assert meta["steps"] == "4"
     video_out = tmp_path / "video.gif"
