@@ -4,6 +4,8 @@ command.
 
     python -m inbetweening.toy.train --out runs/toy            # every stage, resumable
     python -m inbetweening.toy.train --out runs/toy --stage vae
+    python -m inbetweening.toy.train --out runs/ambiguous --world ambiguous \
+        --init src/inbetweening/toy/model --forward-steps 5000   # start from the bundled model
 
 Each stage checkpoints every ``--checkpoint-every`` steps and resumes from its last checkpoint
 when run again; a finished stage is skipped. Every random draw is addressed by (seed, step), so a
@@ -33,7 +35,7 @@ from tqdm.auto import tqdm
 from .. import conditioning as cond
 from ..utils import atomic_path, atomic_torch_save
 from . import models
-from .world import WorldConfig, make_clips
+from .world import WORLDS, WorldConfig, make_clips
 
 TRAIN_SEED = 0  # the training stream of the toy world; held-out seeds are >= world.HELD_OUT_SEED
 
@@ -84,11 +86,21 @@ def _prune(ckpt_dir: Path, keep: int = 2) -> None:
         p.unlink()
 
 
-def fit_autoencoder(out: Path, cfg: AutoencoderConfig, world: WorldConfig) -> None:
+def fit_autoencoder(out: Path, cfg: AutoencoderConfig, world: WorldConfig,
+                    init: Path | None = None) -> None:
     """The toy autoencoder: principal components of 8x8 patches of toy frames (see
-    :mod:`inbetweening.toy.autoencoder` for why it is fitted rather than trained)."""
+    :mod:`inbetweening.toy.autoencoder` for why it is fitted rather than trained). With ``init``
+    (a trained toy model folder) its autoencoder is taken as it is, since the UNet that starts
+    from that folder learned that latent space."""
     if (out / "vae" / "config.json").exists():
         print("autoencoder: done already, skipping")
+        return
+    if init is not None:
+        from .autoencoder import PatchAutoencoder
+
+        with atomic_path(out / "vae") as tmp:
+            PatchAutoencoder.from_pretrained(init / "vae").float().save_pretrained(tmp)
+        _write_stage_report(out, "autoencoder", {"copied_from": str(init)})
         return
     t0 = time.time()
     clips = make_clips(TRAIN_SEED + 1, cfg.clips, world)
@@ -170,8 +182,23 @@ def _pool_indices(step: int, batch: int, size: int) -> torch.Tensor:
     return torch.tensor(idx)
 
 
-def train_forward(out: Path, cfg: ForwardConfig, world: WorldConfig, device: str = "cpu") -> None:
-    """The standard SVD objective: denoise a clip's latents conditioned on its FIRST frame."""
+def _initial_models(init: Path | None, frames: int):
+    """The forward stage's starting UNet and image encoder: fresh ones, or (fp32 copies of)
+    those of a trained toy model folder."""
+    if init is None:
+        torch.manual_seed(1)
+        return models.unet(frames), models.image_encoder()
+    from diffusers import UNetSpatioTemporalConditionModel
+    from transformers import CLIPVisionModelWithProjection
+
+    return (UNetSpatioTemporalConditionModel.from_pretrained(init / "unet").float(),
+            CLIPVisionModelWithProjection.from_pretrained(init / "image_encoder").float())
+
+
+def train_forward(out: Path, cfg: ForwardConfig, world: WorldConfig, device: str = "cpu",
+                  init: Path | None = None) -> None:
+    """The standard SVD objective: denoise a clip's latents conditioned on its FIRST frame.
+    ``init``: a trained toy model folder to start from instead of random weights."""
     if (out / "unet" / "config.json").exists():
         print("forward: done already, skipping")
         return
@@ -182,8 +209,7 @@ def train_forward(out: Path, cfg: ForwardConfig, world: WorldConfig, device: str
     vae = PatchAutoencoder.from_pretrained(out / "vae").to(device).eval()
     vae.requires_grad_(False)
     pool_z, pool_first = latent_pool(out, vae, world, cfg.pool)
-    torch.manual_seed(1)
-    unet, encoder = models.unet(world.frames).to(device), models.image_encoder().to(device)
+    unet, encoder = (m.to(device) for m in _initial_models(init, world.frames))
     extractor = models.feature_extractor()
     params = list(unet.parameters()) + list(encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -266,7 +292,8 @@ def train_forward(out: Path, cfg: ForwardConfig, world: WorldConfig, device: str
     _write_model_index(out)
     (out / "inbetweening.json").write_text(json.dumps(TOY_DEFAULTS, indent=2) + "\n")
     _write_stage_report(out, "forward", {"steps": step, "seconds": elapsed,
-                                         "config": asdict(cfg)})
+                                         "init": str(init) if init else None,
+                                         "world": asdict(world), "config": asdict(cfg)})
 
 
 @dataclass
@@ -438,6 +465,11 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--stage", choices=["vae", "forward", "backward", "all"], default="all")
+    p.add_argument("--world", choices=sorted(WORLDS), default="toy",
+                   help="which toy world the clips come from (default toy)")
+    p.add_argument("--init", type=Path, default=None,
+                   help="a trained toy model folder to start the forward stage from (its "
+                        "autoencoder is kept)")
     p.add_argument("--forward-steps", type=int, default=ForwardConfig.steps)
     p.add_argument("--backward-steps", type=int, default=BackwardConfig.steps)
     p.add_argument("--bundle", action="store_true",
@@ -450,11 +482,11 @@ def main(argv: list[str] | None = None) -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
-    world = WorldConfig()
+    world = WORLDS[a.world]
     if a.stage in ("vae", "all"):
-        fit_autoencoder(a.out, AutoencoderConfig(), world)
+        fit_autoencoder(a.out, AutoencoderConfig(), world, a.init)
     if a.stage in ("forward", "all"):
-        train_forward(a.out, ForwardConfig(steps=a.forward_steps), world, a.device)
+        train_forward(a.out, ForwardConfig(steps=a.forward_steps), world, a.device, a.init)
     if a.stage in ("backward", "all"):
         train_backward(a.out, BackwardConfig(steps=a.backward_steps), world, a.device)
     if a.stage == "all" or a.bundle:

@@ -1,6 +1,6 @@
 """The toy world: short synthetic clips with time-asymmetric motion and ground truth.
 
-Each clip shows one to three "vehicles" over a static textured background. A vehicle is a
+Each clip shows one or two "vehicles" over a static textured background. A vehicle is a
 coloured rectangle with a white stripe at its front, and it always drives the way it faces, at a
 constant speed. Played backwards, vehicles drive tail first, which never happens in a forward clip:
 that asymmetry is what an image-to-video model learns and what the paper's method must respect.
@@ -8,6 +8,13 @@ that asymmetry is what an image-to-video model learns and what the paper's metho
 Everything is a pure function of ``(seed, index)``: clip ``i`` of seed ``s`` is the same whatever
 batch it is drawn in, so training sets, held-out sets and tests can name their clips by seed.
 Training uses seeds below ``HELD_OUT_SEED``; evaluation and demos use seeds from it upwards.
+
+Two worlds are named in :data:`WORLDS`: ``toy`` (the default: one frame fixes the whole motion,
+since speed varies little) and ``ambiguous``, where each vehicle drives either slowly or fast, two
+well-separated speeds with equal odds. From a first frame alone both futures are plausible, so a
+forward model from the start frame and a backward model from the end frame can each pick a
+different one unless something ties them together; given both keyframes the truth is fixed by
+how far apart the vehicle is in them.
 """
 
 from __future__ import annotations
@@ -36,6 +43,23 @@ class WorldConfig:
     min_speed: float = 2.0  # pixels per frame
     max_speed: float = 3.5
     supersample: int = 4  # rendering is anti-aliased by drawing at this factor and averaging
+    # If given, each vehicle drives at one of these speeds (equal odds, +-speed_jitter relative)
+    # instead of a speed uniform in [min_speed, max_speed].
+    speed_modes: tuple[float, ...] = ()
+    speed_jitter: float = 0.1
+
+    def speed_range(self) -> tuple[float, float]:
+        """The slowest and fastest speed a vehicle of this world can have."""
+        if not self.speed_modes:
+            return self.min_speed, self.max_speed
+        return (min(self.speed_modes) * (1 - self.speed_jitter),
+                max(self.speed_modes) * (1 + self.speed_jitter))
+
+
+WORLDS = {
+    "toy": WorldConfig(),
+    "ambiguous": WorldConfig(speed_modes=(1.25, 4.0)),
+}
 
 
 @dataclass
@@ -116,6 +140,14 @@ def _sprite_colors(g: torch.Generator, n: int) -> torch.Tensor:
     return torch.tensor(cols, dtype=torch.float32)
 
 
+def _speeds(g: torch.Generator, cfg: WorldConfig, n: int) -> torch.Tensor:
+    if not cfg.speed_modes:
+        return _uniform(g, cfg.min_speed, cfg.max_speed, n)
+    modes = torch.tensor(cfg.speed_modes, dtype=torch.float64)
+    pick = torch.randint(len(modes), (n,), generator=g)
+    return modes[pick] * _uniform(g, 1 - cfg.speed_jitter, 1 + cfg.speed_jitter, n)
+
+
 def _render(background: torch.Tensor, centers: torch.Tensor, headings: torch.Tensor,
             colors: torch.Tensor, cfg: WorldConfig) -> torch.Tensor:
     """Draw vehicles over the background. centers: (S, F, 2) geometric centres. -> (F, 3, H, W)."""
@@ -151,7 +183,7 @@ def make_clip(seed: int, index: int, cfg: WorldConfig = WorldConfig(), *,
     margin = math.hypot(cfg.length, cfg.width) / 2 + 1
     for _ in range(max_tries):
         headings = _uniform(g, 0, 2 * math.pi, n)
-        speeds = _uniform(g, cfg.min_speed, cfg.max_speed, n)
+        speeds = _speeds(g, cfg, n)
         start = _uniform(g, 0, cfg.size, n, 2)
         direction = torch.stack([headings.cos(), headings.sin()], -1)  # (S, 2)
         centers = start[:, None, :] + steps[None, :, None] * speeds[:, None, None] * direction[:, None]
