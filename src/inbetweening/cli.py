@@ -113,7 +113,7 @@ def _interpolate(args) -> None:
     from .loading import load_pipeline
     from .pipeline import check_aspects
 
-    media.check_output(args.output, args.overwrite)
+    media.check_output(args.output, args.overwrite, args.keyframes)
     images = [media.read_image(p) for p in args.keyframes]
     layout(images, args.loop)  # too few keyframes: refused before the model is loaded
     check_aspects(images)
@@ -130,7 +130,8 @@ def _interpolate(args) -> None:
                                on_segment=on_segment, **kw)
     if args.side_by_side:
         video = media.side_by_side(video, images)
-    media.write_video(video, args.output, fps=args.fps, overwrite=args.overwrite)
+    media.write_video(video, args.output, fps=args.fps, overwrite=args.overwrite,
+                      inputs=args.keyframes)
     h, w = video.shape[1:3]
     print(f"wrote {args.output} ({len(video)} frames, {w}x{h}, {time.time() - t0:.1f} s)")
 

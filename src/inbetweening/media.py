@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-from .utils import InbetweeningError, atomic_path
+from .utils import InbetweeningError, atomic_path, check_target
 
 VIDEO_SUFFIXES = (".mp4", ".gif", ".webp")
 READABLE_VIDEOS = (".mp4", ".webm", ".gif", ".mov", ".mkv", ".avi")
@@ -64,11 +64,13 @@ def _even(a: np.ndarray) -> np.ndarray:
     return np.pad(a, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge") if h % 2 or w % 2 else a
 
 
-def check_output(path: str | os.PathLike, overwrite: bool) -> str:
-    """Check an output path before any work is done; returns its kind."""
+def check_output(path: str | os.PathLike, overwrite: bool, inputs=()) -> str:
+    """Check an output path before any work is done (see :func:`utils.check_target`); returns
+    its kind. ``inputs``: files the output must never replace or hold."""
+    if str(path) == "":
+        raise InbetweeningError("the output path is empty")
     kind = output_kind(path)
-    if Path(path).exists() and not overwrite:
-        raise InbetweeningError(f"{path} already exists (pass --overwrite to replace it)")
+    check_target(path, overwrite, folder=kind == "png", inputs=inputs)
     return kind
 
 
@@ -86,7 +88,7 @@ def _as_uint8(frames) -> list[np.ndarray]:
 
 
 def write_video(frames, path: str | os.PathLike, fps: float = 7, *,
-                overwrite: bool = False) -> Path:
+                overwrite: bool = False, inputs=()) -> Path:
     """Write frames (PIL images or HxWx3 arrays, uint8 or float in [0, 1]) to ``path``.
 
     ``.mp4`` (H.264, yuv420p; odd sides are padded by one pixel), ``.gif`` (identical
@@ -94,7 +96,7 @@ def write_video(frames, path: str | os.PathLike, fps: float = 7, *,
     (animated, lossless), ``.zip`` (PNG frames) or a folder of PNGs (``frame_0000.png`` ...).
     The file appears only when complete; a failure leaves nothing behind.
     """
-    kind = check_output(path, overwrite)
+    kind = check_output(path, overwrite, inputs)
     if not fps > 0:
         raise InbetweeningError(f"the frame rate must be positive, not {fps}")
     arrays = _as_uint8(frames)
@@ -103,7 +105,7 @@ def write_video(frames, path: str | os.PathLike, fps: float = 7, *,
     if any(a.ndim != 3 or a.shape[-1] != 3 or a.shape != arrays[0].shape for a in arrays):
         raise InbetweeningError("frames must all be H x W x 3 of the same size")
     path = Path(path)
-    with atomic_path(path, overwrite=overwrite) as tmp:
+    with atomic_path(path, overwrite=overwrite, inputs=inputs, mark=kind != "png") as tmp:
         if kind == "mp4":
             import imageio.v2 as imageio
 
