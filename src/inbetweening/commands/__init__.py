@@ -1,0 +1,1 @@
+"""The application layer: the commands of `inbetween` (the entry point is inbetweening.cli)."""

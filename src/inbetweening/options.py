@@ -1,0 +1,128 @@
+"""The sampling options: one typed description of how a video is sampled.
+
+:class:`SamplingOptions` is what the CLI (``interpolate``, ``demo``, ``evaluate``), the web app
+and evaluation all build, each from its own inputs, and what they turn into
+:class:`~inbetweening.pipeline.InbetweenPipeline` call arguments with
+:meth:`SamplingOptions.call_kwargs`. A field left at ``None`` takes the model folder's
+recommendation (its ``inbetweening.json``, ``pipe.defaults``), else the pipeline's own default.
+Each field's ``metadata`` carries its command-line help, so the command line is derived from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from .methods import METHODS
+from .utils import InbetweeningError
+
+FUSES = ("average", "linear")
+DUAL_PASSES = ("fused", "reference")
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """'WxH' -> (width, height), both positive multiples of 64; None or '' -> None."""
+    if text in (None, ""):
+        return None
+    try:
+        w, h = (int(v) for v in str(text).lower().split("x"))
+    except ValueError:
+        raise InbetweeningError(f"size must look like 1024x576 (width x height), not {text!r}") \
+            from None
+    if w <= 0 or h <= 0 or w % 64 or h % 64:
+        raise InbetweeningError(f"size {w}x{h} is not a multiple of 64 in both sides")
+    return w, h
+
+
+def parse_guidance(text: str | None) -> tuple[float, float] | None:
+    """'MIN,MAX' -> (min, max) per-frame guidance scales; None or '' -> None."""
+    if text in (None, ""):
+        return None
+    try:
+        lo, hi = (float(v) for v in str(text).split(","))
+    except ValueError:
+        raise InbetweeningError(f"--guidance takes MIN,MAX (e.g. 1,3), not {text!r}") from None
+    return lo, hi
+
+
+def _help(text: str, **more) -> dict:
+    return {"help": text, **more}
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How to sample a video. ``None``: the model's recommendation, else the pipeline's default."""
+
+    method: str = field(default="gi", metadata=_help(
+        "gi (the paper), gi-noft (no fine-tuning), trf (time-reversal fusion), forward (plain "
+        "SVD from the first keyframe)", choices=METHODS))
+    frames: int | None = field(default=None, metadata=_help(
+        "frames per segment, keyframes included (default: the model's)"))
+    steps: int | None = field(default=None, metadata=_help(
+        "denoising steps (default: the model's recommendation, else 50)"))
+    size: tuple[int, int] | None = field(default=None, metadata=_help(
+        "WxH, multiples of 64 (default: the model's)", parse=parse_size))
+    fps: int | None = field(default=None, metadata=_help(
+        "frame rate of the output and of the UNet's fps conditioning (default 7)"))
+    guidance: tuple[float, float] | None = field(default=None, metadata=_help(
+        "MIN,MAX per-frame guidance (default 1,3; 1,1 turns CFG off)", parse=parse_guidance))
+    reinject: int | None = field(default=None, metadata=_help(
+        "noise re-injections per step (default 5 for two-direction methods)"))
+    reinject_fraction: float | None = field(default=None, metadata=_help(
+        "fraction of the steps that get re-injection (default 0.5)"))
+    fuse: str | None = field(default=None, metadata=_help(
+        "how the two directions are fused (default average)", choices=FUSES))
+    dual_pass: str | None = field(default=None, metadata=_help(
+        "fused: one UNet call for both directions (default); reference: the paper's two calls "
+        "with explicit maps", choices=DUAL_PASSES))
+    max_unet_batch: int | None = field(default=None, metadata=_help(
+        "split the fused UNet batch into calls of at most this many rows, to save memory "
+        "(default: one call)"))
+    decode_chunk: int | None = field(default=None, metadata=_help(
+        "frames decoded at once (default: all)"))
+
+    def replace(self, **changes) -> "SamplingOptions":
+        return dataclasses.replace(self, **changes)
+
+    def check(self) -> "SamplingOptions":
+        """Refuse values no model can take, before any model is loaded; returns self."""
+        if self.method not in METHODS:
+            raise InbetweeningError(f"unknown method {self.method!r}; choose from "
+                                    f"{', '.join(METHODS)}")
+        for name in ("frames", "steps", "fps", "max_unet_batch", "decode_chunk"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InbetweeningError(f"{name.replace('_', '-')} must be at least 1, not {value}")
+        if self.frames is not None and self.frames < 3:
+            raise InbetweeningError(f"frames must be at least 3, not {self.frames}")
+        if self.reinject is not None and self.reinject < 0:
+            raise InbetweeningError(f"reinject must be 0 or more, not {self.reinject}")
+        if self.reinject_fraction is not None and not 0 <= self.reinject_fraction <= 1:
+            raise InbetweeningError(f"reinject-fraction must be between 0 and 1, not "
+                                    f"{self.reinject_fraction}")
+        if self.guidance is not None:
+            lo, hi = self.guidance
+            if not (math.isfinite(lo) and math.isfinite(hi)) or lo < 0 or hi < 0:
+                raise InbetweeningError(f"guidance scales must be finite and not negative, not "
+                                        f"{lo},{hi}")
+        if self.fuse is not None and self.fuse not in FUSES:
+            raise InbetweeningError(f"fuse must be one of {', '.join(FUSES)}, not {self.fuse!r}")
+        if self.dual_pass is not None and self.dual_pass not in DUAL_PASSES:
+            raise InbetweeningError(f"dual-pass must be one of {', '.join(DUAL_PASSES)}, not "
+                                    f"{self.dual_pass!r}")
+        return self
+
+    def call_kwargs(self, defaults: dict | None = None) -> dict:
+        """InbetweenPipeline keyword arguments: the model's ``defaults`` under what was set."""
+        kw = dict(method=self.method, num_frames=self.frames, num_inference_steps=self.steps,
+                  fps=self.fps, fuse=self.fuse, dual_pass=self.dual_pass,
+                  reinject_count=self.reinject, reinject_fraction=self.reinject_fraction,
+                  max_unet_batch=self.max_unet_batch, decode_chunk_size=self.decode_chunk)
+        if self.size is not None:
+            kw["width"], kw["height"] = self.size
+        if self.guidance is not None:
+            kw["min_guidance_scale"], kw["max_guidance_scale"] = self.guidance
+        kw = {**(defaults or {}), **{k: v for k, v in kw.items() if v is not None}}
+        kw.setdefault("fps", 7)
+        return kw
