@@ -18,7 +18,6 @@ the handlers as plain methods, so they can be used (and tested) without a browse
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .options import SamplingOptions, parse_size
 from .utils import InbetweeningError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -165,20 +165,12 @@ class InbetweenApp:
 
     # -- generation ----------------------------------------------------------------------------
     def sampling_kwargs(self, method: str, frames, steps, size: str, fps) -> dict:
-        """Pipeline arguments from the page's settings, through the CLI's own option handling."""
-        from . import cli
-
-        parser = argparse.ArgumentParser(add_help=False)
-        cli.add_sampling_args(parser)
-        args = parser.parse_args([])
-        args.method = method
-        args.frames = _as_int(frames, "frames")
-        args.steps = _as_int(steps, "steps")
-        args.size = (size or "").strip() or None
-        args.fps = _as_int(fps, "fps")
-        if args.fps < 1:
-            raise InbetweeningError("fps must be at least 1")
-        return cli.sampling_kwargs(args, self.pipe)
+        """Pipeline arguments from the page's settings (checked as the command line's are)."""
+        options = SamplingOptions(method=method, frames=_as_int(frames, "frames"),
+                                  steps=_as_int(steps, "steps"),
+                                  size=parse_size((size or "").strip() or None),
+                                  fps=_as_int(fps, "fps")).check()
+        return options.call_kwargs(self.pipe.defaults)
 
     def generate(self, files: list | None, method: str, frames, steps, seed, size: str, fps,
                  loop: bool = False, side_by_side: bool = False,
@@ -355,9 +347,12 @@ def _as_int(value, what: str) -> int:
     return int(number)
 
 
-# -- the command ----------------------------------------------------------------------------------
+def serve(*, host: str = DEFAULT_HOST, port: int | None = None, limits: Limits = Limits(),
+          model=None, backward=None, device=None, dtype=None) -> None:
+    """Load the model and serve the page until stopped (Ctrl-C or SIGTERM: the work folder is
+    removed either way)."""
+    import signal
 
-def serve(args) -> None:
     offline_gradio()
     try:
         import gradio  # noqa: F401
@@ -365,39 +360,22 @@ def serve(args) -> None:
         raise InbetweeningError("the app needs Gradio: pip install 'inbetweening[app]'") from None
     from .loading import load_pipeline
 
-    if not args.max_upload_mb > 0 or not args.max_pixels > 0:
-        raise InbetweeningError("upload limits must be positive")
-    limits = Limits(max_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels)
-    pipe = load_pipeline(args.model, args.backward, args.device, args.dtype)
+    pipe = load_pipeline(model, backward, device, dtype)
     workdir = Path(tempfile.mkdtemp(prefix="inbetween-app-"))
-    app = InbetweenApp(pipe, workdir, limits, describe_model(args.model))
-    page = app.build()
-    page.queue(default_concurrency_limit=1, max_size=32)
+
+    def on_term(signum, frame):  # as Ctrl-C: unwind, so the work folder is cleaned up
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        page.launch(server_name=args.host, server_port=args.port, share=False, inbrowser=False,
+        page = InbetweenApp(pipe, workdir, limits, describe_model(model)).build()
+        page.queue(default_concurrency_limit=1, max_size=32)
+        page.launch(server_name=host, server_port=port, share=False, inbrowser=False,
                     show_error=True, max_file_size=SERVER_UPLOAD_FACTOR * limits.max_bytes,
                     allowed_paths=[str(workdir)], ssr_mode=False, mcp_server=False, pwa=False,
                     enable_monitoring=False)
     except OSError as e:
-        raise InbetweeningError(f"cannot listen on {args.host}:{args.port}: {e}") from None
+        raise InbetweeningError(f"cannot listen on {host}:{port}: {e}") from None
     finally:
+        signal.signal(signal.SIGTERM, previous)
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def add_command(sub) -> None:
-    from .cli import add_model_args
-
-    p = sub.add_parser("app", help="the web app (Gradio) on localhost",
-                       description="Serve a web page to make inbetween videos: upload keyframes, "
-                                   "choose the settings, watch and download the result.")
-    p.add_argument("--host", default=DEFAULT_HOST,
-                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 "
-                        "opens it to the network)")
-    p.add_argument("--port", type=int, default=None,
-                   help="port (default: 7860, or the next free one)")
-    p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
-                   help="largest keyframe file accepted, in MB (default 20)")
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                   help="largest keyframe accepted, in pixels (default 25,000,000)")
-    add_model_args(p)
-    p.set_defaults(func=serve)

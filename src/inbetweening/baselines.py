@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
 
 from .utils import InbetweeningError
@@ -58,6 +57,8 @@ def crossfade(start, end, num_frames: int) -> np.ndarray:
 def optical_flow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Dense flow (H, W, 2) from image ``a`` to image ``b`` (both (H, W, 3) in [0, 1]):
     ``a(x) ~ b(x + flow(x))``. Farneback, with a pyramid deep enough for the image size."""
+    import cv2  # (OpenCV is an extra: only this baseline needs it)
+
     gray = [cv2.cvtColor((np.clip(x, 0, 1) * 255).round().astype(np.uint8), cv2.COLOR_RGB2GRAY)
             for x in (a, b)]
     levels = max(1, int(math.log2(max(1, min(a.shape[:2]) // 8))))
@@ -68,6 +69,8 @@ def optical_flow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
     """``image`` sampled at x + flow(x) (backward warping, bilinear, edges replicated)."""
+    import cv2
+
     h, w = flow.shape[:2]
     xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
     flow = flow.astype(np.float32)

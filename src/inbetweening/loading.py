@@ -11,6 +11,9 @@ from pathlib import Path
 
 import torch
 
+from . import backward as bw
+from .pipeline import InbetweenPipeline
+from .toy import models as toy_models
 from .utils import InbetweeningError
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
@@ -19,9 +22,8 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16
 
 def bundled_model() -> Path | None:
     """The toy model shipped inside the package, or None if this checkout has none yet."""
-    from .toy.models import BUNDLED_MODEL
-
-    return BUNDLED_MODEL if (BUNDLED_MODEL / "model_index.json").is_file() else None
+    folder = toy_models.BUNDLED_MODEL
+    return folder if (folder / "model_index.json").is_file() else None
 
 
 def default_device(device: str | None = None) -> torch.device:
@@ -45,29 +47,13 @@ def parse_dtype(name: str | None, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def parse_size(text: str | None) -> tuple[int, int] | None:
-    """'WxH' -> (width, height)."""
-    if text in (None, ""):
-        return None
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise InbetweeningError(f"size must look like 1024x576 (width x height), not {text!r}") \
-            from None
-    if w <= 0 or h <= 0 or w % 64 or h % 64:
-        raise InbetweeningError(f"size {w}x{h} is not a multiple of 64 in both sides")
-    return w, h
-
-
 def tiny_random_components(num_frames: int = 8, seed: int = 0) -> dict:
     """An untrained SVD of the toy model's shapes: what commands run on when no trained model is
     available (they say so)."""
-    from .toy import models
-
     torch.manual_seed(seed)
-    return dict(vae=models.vae().eval(), image_encoder=models.image_encoder().eval(),
-                unet=models.unet(num_frames).eval(), scheduler=models.scheduler(),
-                feature_extractor=models.feature_extractor())
+    return dict(vae=toy_models.vae().eval(), image_encoder=toy_models.image_encoder().eval(),
+                unet=toy_models.unet(num_frames).eval(), scheduler=toy_models.scheduler(),
+                feature_extractor=toy_models.feature_extractor())
 
 
 def resolve_model(model: str | os.PathLike | None) -> str | Path | None:
@@ -119,8 +105,6 @@ def load_pipeline(model=None, backward=None, device=None, dtype=None, *, quiet: 
     printed. ``backward``: a backward-weights file (default: the model folder's own
     ``backward.safetensors`` if it has one).
     """
-    from .pipeline import InbetweenPipeline
-
     dev = default_device(device) if not isinstance(device, torch.device) else device
     dt = parse_dtype(dtype, dev) if not isinstance(dtype, torch.dtype) else dtype
     source = resolve_model(model)
@@ -131,8 +115,6 @@ def load_pipeline(model=None, backward=None, device=None, dtype=None, *, quiet: 
             print("note: no trained toy model is bundled in this checkout; using a tiny UNTRAINED "
                   "model (its videos are noise)")
         pipe = InbetweenPipeline(**tiny_random_components())
-        from . import backward as bw
-
         bw.init_backward_weights(pipe.unet, requires_grad=False)
         if backward is not None:
             pipe.load_backward_weights(backward)

@@ -14,8 +14,12 @@ forward    plain SVD from the start frame; the end frame is not used.
 
 from __future__ import annotations
 
-from .attention import LayerPlan, is_up_block
+from typing import TYPE_CHECKING
+
 from .utils import InbetweeningError
+
+if TYPE_CHECKING:  # (imported when used: the method names are needed without torch)
+    from .attention import LayerPlan
 
 METHODS = ("gi", "gi-noft", "trf", "forward")
 
@@ -37,6 +41,8 @@ def layer_plans(method: str, layers: list[str], backward_variant: str | None) ->
     ``backward_variant`` is the variant of the loaded backward weights (``"rotation"``,
     ``"no-rotation"``) or None when none are loaded.
     """
+    from .attention import LayerPlan, is_up_block
+
     check_method(method)
     if method == "gi":
         if backward_variant is None:

@@ -16,14 +16,24 @@ from typing import Callable
 import numpy as np
 import PIL.Image
 import torch
+from transformers.utils import logging as _transformers_logging
+
+# diffusers' SVD module asks transformers for CLIPImageProcessor, which without torchvision falls
+# back to the PIL processor with a warning; the fallback is what we want, so say nothing.
+_verbosity = _transformers_logging.get_verbosity()
+_transformers_logging.set_verbosity_error()
+try:
+    from diffusers.pipelines.stable_video_diffusion import pipeline_stable_video_diffusion  # noqa
+    from transformers import CLIPImageProcessor  # noqa: F401
+finally:
+    _transformers_logging.set_verbosity(_verbosity)
+
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 
 from . import attention, backward, conditioning
-from .toy import autoencoder as _toy_autoencoder  # noqa: F401 - diffusers loads toy model folders
-# (their VAE is inbetweening.toy.autoencoder.PatchAutoencoder) only from modules already imported
 from .methods import check_method, is_dual, layer_plans
 from .sampling import (
     InbetweenDenoiser, KeyframeCondition, count_predictions, fuse_weights, guidance_per_frame,
@@ -79,6 +89,21 @@ def check_aspects(images: list[PIL.Image.Image], tolerance: float = 0.02) -> Non
                                 "the same shape first")
 
 
+def _import_own_components(folder: Path) -> None:
+    """Import the modules of this package that a model folder's ``model_index.json`` names
+    (the toy model's VAE is ``inbetweening.toy.autoencoder.PatchAutoencoder``): diffusers finds a
+    component class only in modules already imported."""
+    import importlib
+
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return  # not a local folder, or diffusers will say what is wrong with it
+    for value in index.values() if isinstance(index, dict) else ():
+        if isinstance(value, list) and value and str(value[0]).startswith(__package__ + "."):
+            importlib.import_module(value[0])
+
+
 class InbetweenPipeline(DiffusionPipeline):
     """Generative inbetweening (Alg. 2 of the paper) on an SVD model's components.
 
@@ -106,8 +131,9 @@ class InbetweenPipeline(DiffusionPipeline):
         """Load an SVD model (local diffusers folder or hub id) and, if given, backward weights
         (a file path or a dict of tensors). A local model folder holding ``backward.safetensors``
         (like the bundled toy model) gets those weights when ``backward`` is not given."""
-        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         folder = Path(str(pretrained_model_name_or_path))
+        _import_own_components(folder)
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         if (folder / DEFAULTS_FILENAME).is_file():
             pipe.defaults = json.loads((folder / DEFAULTS_FILENAME).read_text())
         if backward is None:

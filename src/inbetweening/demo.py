@@ -18,10 +18,10 @@ import PIL.ImageDraw
 import torch
 from tqdm.auto import tqdm
 
-from ..media import write_video
-from ..utils import InbetweeningError, atomic_path
-from .tracker import track_metrics
-from .world import HELD_OUT_SEED, make_clip
+from .media import write_video
+from .toy.tracker import track_metrics
+from .toy.world import HELD_OUT_SEED, make_clip
+from .utils import InbetweeningError, atomic_path
 
 DEMO_SEED = HELD_OUT_SEED + 100  # the demo's clips: held out from training, fixed
 METHODS = ("gi", "trf", "forward")
@@ -142,29 +142,3 @@ def run_demo(pipe, out: Path, *, pairs: int = 3, seed: int = 0, overwrite: bool 
     print(f"wrote {out} ({time.time() - t0:.0f} s): contact_sheet.png, pair-*/comparison.gif, "
           "metrics.md")
     return summary
-
-
-def _demo(args) -> None:
-    from ..loading import load_pipeline
-
-    pipe = load_pipeline(args.model, args.backward, args.device, args.dtype)
-    pipe.set_progress_bar_config(disable=True)
-    kw = {}
-    if args.steps is not None:
-        kw["num_inference_steps"] = args.steps
-    run_demo(pipe, Path(args.output), pairs=args.pairs, seed=args.seed, overwrite=args.overwrite,
-             call_kwargs=kw)
-
-
-def add_command(sub) -> None:
-    from ..cli import add_model_args
-
-    p = sub.add_parser("demo", help="the method on held-out toy clips, beside the truth",
-                       description=__doc__.split("\n\n")[1])
-    p.add_argument("-o", "--output", default="out/demo", help="folder to write (default out/demo)")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--pairs", type=int, default=3, help="keyframe pairs (default 3)")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: model's)")
-    p.add_argument("--seed", type=int, default=0)
-    add_model_args(p)
-    p.set_defaults(func=_demo)

@@ -1,0 +1,110 @@
+"""``inbetween benchmark make | toy`` and ``inbetween evaluate`` (see
+:mod:`inbetweening.evaluation`)."""
+
+from __future__ import annotations
+
+from ..evaluation import ALL_METHODS, DEFAULT_METHODS
+from ..options import parse_size
+from ..utils import InbetweeningError
+from .common import add_model_args, add_sampling_args, sampling_options
+
+WORLD_NAMES = ("toy", "ambiguous")  # inbetweening.toy.world.WORLDS, named without importing torch
+
+
+def benchmark_make(args) -> None:
+    from ..evaluation import make_video_set
+
+    out, counts = make_video_set(args.videos, args.out, gap=args.gap,
+                                 pairs_per_video=args.pairs_per_video, frames=args.frames,
+                                 size=parse_size(args.size), model=args.model,
+                                 overwrite=args.overwrite)
+    print(f"wrote {out}: {counts['pairs']} pairs from {counts['videos']} videos "
+          f"({counts['unreadable']} unreadable, {counts['too_short']} too short, skipped)")
+
+
+def benchmark_toy(args) -> None:
+    from ..evaluation import make_toy_set
+
+    size = parse_size(args.size)
+    if size is not None and size[0] != size[1]:
+        raise InbetweeningError("toy clips are square: give --size like 64x64")
+    out = make_toy_set(args.out, args.n, args.seed, frames=args.frames,
+                       size=size[0] if size else None, world_name=args.world, overwrite=args.overwrite)
+    print(f"wrote {out}: {args.n} held-out toy pairs")
+
+
+def run_evaluate(args) -> None:
+    from pathlib import Path
+
+    from ..evaluation import evaluate
+
+    options = sampling_options(args, method="gi", frames=None, size=None)
+    result = evaluate(args.set, args.methods, args.out, model=args.model, backward=args.backward,
+                      device=args.device, dtype=args.dtype, seed=args.seed, options=options,
+                      lpips=args.lpips_weights, inception=args.inception_weights,
+                      fvd=args.fvd_weights, overwrite=args.overwrite)
+    if result is not None:
+        print((Path(args.out) / "metrics.md").read_text())
+
+
+def add_command(sub) -> None:
+    bench = sub.add_parser("benchmark", help="make keyframe-pair sets for `inbetween evaluate`",
+                           description="Make a benchmark set: keyframe pairs with the true clip "
+                                       "between them, and a readable manifest.json.")
+    bsub = bench.add_subparsers(dest="benchmark_command", required=True, metavar="KIND")
+    make = bsub.add_parser("make", help="pairs from a folder of videos (as the paper's "
+                                        "DAVIS/Pexels pairs)")
+    make.add_argument("--videos", required=True, help="folder of videos (mp4, webm, gif, mov, "
+                                                      "mkv, avi) or of frame folders")
+    make.add_argument("--out", required=True, help="set folder to write")
+    make.add_argument("--gap", type=int, default=25, help="frames between the keyframes "
+                                                          "(default 25)")
+    make.add_argument("--pairs-per-video", type=int, default=1,
+                      help="pairs taken from each video, spread over it (default 1)")
+    make.add_argument("--frames", type=int, default=None,
+                      help="frames of the true clip, keyframes included (default: the model's)")
+    make.add_argument("--size", default=None, help="WxH, multiples of 64 (default: the model's)")
+    make.add_argument("--model", default=None, help="model whose frame count and size to use "
+                                                    "(default: the bundled toy model)")
+    make.add_argument("--overwrite", action="store_true")
+    make.set_defaults(func=benchmark_make)
+
+    toy = bsub.add_parser("toy", help="held-out toy clips with ground-truth tracks")
+    toy.add_argument("--n", type=int, default=16, help="number of pairs (default 16)")
+    toy.add_argument("--seed", type=int, default=None,
+                     help="toy seed, at least the held-out seed 1000000 (default)")
+    toy.add_argument("--out", required=True, help="set folder to write")
+    toy.add_argument("--frames", type=int, default=None, help="frames per clip (default: the toy "
+                                                              "world's, 8)")
+    toy.add_argument("--size", default=None, help="WxH, square, multiple of 64 (default 64x64)")
+    toy.add_argument("--world", default="toy", choices=WORLD_NAMES,
+                     help="toy (default) or ambiguous (each vehicle slow or fast)")
+    toy.add_argument("--overwrite", action="store_true")
+    toy.set_defaults(func=benchmark_toy)
+
+    ev = sub.add_parser(
+        "evaluate", help="run methods on a benchmark set; metrics, table and plots",
+        description="Run every method on every pair of SET and compare with the true clips. "
+                    "Resumable: finished pairs are kept in --out and not redone. Several "
+                    "processes share the pairs under `accelerate launch --multi_gpu "
+                    "--num_processes N -m inbetweening.cli evaluate ...` (GPUs or CPU) or "
+                    "`torchrun --nproc-per-node N -m inbetweening.cli evaluate ...`.",
+        epilog="LPIPS, FID and FVD need feature networks on disk, as TorchScript files: "
+               "--lpips-weights vgg16.pt (NVIDIA's LPIPS VGG16) or a scripted lpips.LPIPS; "
+               "--inception-weights inception-2015-12-05.pt (the FID Inception); --fvd-weights "
+               "i3d_torchscript.pt (StyleGAN-V's I3D) or a TorchScript export of VideoMAE-v2 "
+               "features (the content-debiased FVD). Without them those columns are skipped.")
+    ev.add_argument("set", metavar="SET", help="benchmark set folder (with manifest.json)")
+    ev.add_argument("--methods", default=DEFAULT_METHODS,
+                    help=f"comma-separated, from {', '.join(ALL_METHODS)} (default: all)")
+    ev.add_argument("--out", required=True, help="results folder")
+    ev.add_argument("--overwrite", action="store_true",
+                    help="discard results already in --out and start afresh")
+    add_model_args(ev)
+    ev.add_argument("--seed", type=int, default=0, help="base seed; each pair gets its own seed "
+                                                        "from it and the pair's id (default 0)")
+    add_sampling_args(ev, skip=("method", "frames", "size"))
+    ev.add_argument("--lpips-weights", default=None, help="LPIPS network (TorchScript)")
+    ev.add_argument("--inception-weights", default=None, help="FID Inception (TorchScript)")
+    ev.add_argument("--fvd-weights", default=None, help="FVD video network (TorchScript)")
+    ev.set_defaults(func=run_evaluate)

@@ -1,0 +1,168 @@
+"""``evaluate``: every method on every pair, resumable, shared among processes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+
+from ..methods import METHODS as DIFFUSION_METHODS
+from ..options import SamplingOptions
+from ..utils import InbetweeningError
+from .report import write_report
+from .results import SETTINGS, Settings, record_path, save_npz, video_path, write_json
+from .scoring import (
+    SET_BY_THE_SET,
+    FeatureNets,
+    Settings,
+    generate,
+    pair_seed,
+    parse_methods,
+    sampling_call,
+    score,
+)
+from .sets import BenchmarkSet, load_set
+
+
+def _distributed_state(cpu: bool):
+    from datetime import timedelta
+
+    from accelerate import PartialState
+
+    return PartialState(cpu=cpu, timeout=timedelta(hours=24))
+
+
+def _options(options) -> SamplingOptions:
+    if isinstance(options, SamplingOptions):
+        return options.check()
+    try:
+        return SamplingOptions(**(options or {})).check()
+    except TypeError:
+        known = [f.name for f in dataclasses.fields(SamplingOptions) if f.name not in SET_BY_THE_SET]
+        raise InbetweeningError(f"unknown sampling options {sorted(options)}; known: "
+                                f"{', '.join(known)}") from None
+
+
+def _settings(bset: BenchmarkSet, model, backward, seed: int,
+              options: SamplingOptions) -> Settings:
+    from ..loading import resolve_model
+
+    source = resolve_model(model)
+    sampling = {k: v for k, v in dataclasses.asdict(options).items() if k not in SET_BY_THE_SET}
+    return Settings(set_root=str(bset.root.resolve()), set_digest=bset.digest,
+                    model=str(source) if source is not None else None,
+                    backward=str(Path(backward).resolve()) if backward else None,
+                    seed=int(seed), sampling=json.loads(json.dumps(sampling)))
+
+
+def _check_results_folder(out: Path, settings: Settings, overwrite: bool) -> None:
+    """``out`` must be new, or hold results of the same settings (resumed), or be overwritten."""
+    if out.exists() and not out.is_dir():
+        raise InbetweeningError(f"{out} exists and is not a folder")
+    settings_path = out / SETTINGS
+    if settings_path.is_file() and not overwrite:
+        try:
+            old = json.loads(settings_path.read_text())
+        except ValueError:
+            raise InbetweeningError(f"{settings_path} is not readable JSON; give another --out "
+                                    "or --overwrite") from None
+        diff = [k for k, v in settings.as_dict().items()
+                if not isinstance(old, dict) or old.get(k) != v]
+        if diff:
+            raise InbetweeningError(f"{out} holds results made with other settings (different "
+                                    f"{', '.join(diff)}); give another --out or --overwrite")
+    elif out.is_dir() and any(out.iterdir()) and not settings_path.is_file() and not overwrite:
+        raise InbetweeningError(f"{out} is a folder that does not hold evaluation results; give "
+                                "another --out")
+
+
+def _load_model(methods, bset, options, model, backward, device, dtype, state, quiet):
+    """The pipeline for the diffusion methods among ``methods`` (None if there are none), with
+    every method's call checked against it before any work."""
+    diffusion = [m for m in methods if m in DIFFUSION_METHODS]
+    if not diffusion:
+        return None
+    from .. import backward as bw
+    from ..loading import load_pipeline
+
+    dev = device if device is not None or state.num_processes == 1 else state.device
+    pipe = load_pipeline(model, backward, dev, dtype, quiet=quiet or not state.is_main_process)
+    pipe.set_progress_bar_config(disable=True)
+    if "gi" in diffusion and bw.loaded_variant(pipe.unet) is None:
+        raise InbetweeningError("method 'gi' needs backward weights (--backward FILE, or a "
+                                "model folder with backward.safetensors)")
+    for m in diffusion:  # frame count, size and steps the model can take
+        kw = sampling_call(options, m, bset, pipe)
+        pipe.check_inputs(kw["height"], kw["width"], kw["num_frames"], m,
+                          kw.get("num_inference_steps", 50))
+    return pipe
+
+
+def _prepare_results_folder(out: Path, settings: Settings, overwrite: bool) -> None:
+    if overwrite:
+        for name in ("records", "videos", "plots", "metrics.json", "metrics.md", SETTINGS):
+            p = out / name
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / SETTINGS, settings.as_dict())
+
+
+def _run_pairs(out, bset, methods, pipe, options, seed, nets, state, quiet, on_record) -> int:
+    """Generate and score this process's share of the (pair, method) records still to do."""
+    from tqdm.auto import tqdm
+
+    todo = [(p, m) for p in bset.pairs for m in methods if not record_path(out, m, p.id).is_file()]
+    mine = todo[state.process_index::state.num_processes]
+    done = len(bset.pairs) * len(methods) - len(todo)
+    if state.is_main_process and done and not quiet:
+        print(f"resuming: {done} of {len(bset.pairs) * len(methods)} results already in {out}")
+    desc = "evaluate" if state.num_processes == 1 else f"evaluate [{state.process_index}]"
+    for pair, method in tqdm(mine, desc=desc, position=state.process_index, disable=quiet):
+        video = generate(method, pair, bset, pipe=pipe, options=options, seed=seed)
+        save_npz(video_path(out, method, pair.id), video)
+        record = {"pair": pair.id, "method": method, "seed": pair_seed(seed, pair.id)
+                  if method in DIFFUSION_METHODS else None, **score(video, pair, bset, nets.lpips)}
+        write_json(record_path(out, method, pair.id), record)
+        if on_record is not None:
+            on_record(method, pair.id)
+    return len(mine)
+
+
+def evaluate(set_path, methods, out, *, model=None, backward=None, device=None, dtype=None,
+             seed: int = 0, options: SamplingOptions | dict | None = None, lpips=None,
+             inception=None, fvd=None, overwrite: bool = False, on_record=None,
+             quiet: bool = False) -> dict | None:
+    """Run ``methods`` on every pair of the set at ``set_path``; write records, ``metrics.json``,
+    ``metrics.md`` and plots under ``out``. Returns the metrics (on the main process; None on the
+    others). Everything the user gave is checked before any work. ``options``: the sampling
+    options (:class:`~inbetweening.options.SamplingOptions`, or a dict of its fields); the
+    method, frame count and size come from the set. ``on_record(method, pair_id)`` is called
+    after each record is written."""
+    import torch
+
+    bset = load_set(set_path)
+    methods = parse_methods(methods if isinstance(methods, str) else ",".join(methods))
+    options = _options(options)
+    nets = FeatureNets.load(lpips, inception, fvd)
+    out = Path(out)
+    settings = _settings(bset, model, backward, seed, options)
+    _check_results_folder(out, settings, overwrite)
+    cpu = device in ("cpu",) or (device is None and not torch.cuda.is_available())
+    state = _distributed_state(cpu)
+    pipe = _load_model(methods, bset, options, model, backward, device, dtype, state, quiet)
+
+    if state.is_main_process:
+        _prepare_results_folder(out, settings, overwrite)
+    state.wait_for_everyone()
+    t0 = time.time()
+    count = _run_pairs(out, bset, methods, pipe, options, seed, nets, state, quiet, on_record)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+    result = write_report(out, bset, methods, settings, nets)
+    if not quiet:
+        print(f"{count} results in {time.time() - t0:.1f} s; wrote {out / 'metrics.json'}, "
+              f"{out / 'metrics.md'}, {out / 'plots'}")
+    return result

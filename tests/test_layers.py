@@ -1,0 +1,121 @@
+"""The package's imports run one way: from the command line down to the model, never back up, and
+never in a circle (function-local imports included). Read from the source, not from sys.modules."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import inbetweening
+
+ROOT = Path(inbetweening.__file__).parent
+
+# Lowest level first. A module may import its own level or a lower one.
+LAYERS = [
+    ["utils"],
+    ["options", "methods", "media", "conditioning", "attention", "baselines", "metrics",
+     "toy.world", "toy.autoencoder"],
+    ["backward", "sampling", "data", "toy.models", "toy.tracker", "toy.blending"],
+    ["pipeline"],
+    ["loading", "keyframes"],
+    # the application layer: the work commands do, then the commands, then the entry point
+    ["train_config", "training", "evaluation", "evaluation.*", "demo", "app"],
+    ["commands", "commands.*"],
+    ["cli", "__main__"],
+]
+MODEL_LAYER = {"attention", "backward", "conditioning", "methods", "sampling", "pipeline"}
+APPLICATION = {"cli", "app", "evaluation", "training", "demo", "commands"}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def level(name: str) -> int:
+    for i, names in enumerate(LAYERS):
+        for pattern in names:
+            if name == pattern or (pattern.endswith(".*") and name.startswith(pattern[:-1])):
+                return i
+    raise AssertionError(f"module {name!r} is in no layer: add it to LAYERS")
+
+
+def imports() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports anywhere in its code."""
+    modules = {module_name(p): p for p in ROOT.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        package = name.split(".")[:-1] if path.name != "__init__.py" else name.split(".")
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package[:len(package) - node.level + 1] if node.level > 1 else package
+                    prefix = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    prefix = node.module or ""
+                targets = [f"{prefix}.{a.name}" if f"{prefix}.{a.name}".removeprefix(
+                    "inbetweening.") in modules or (prefix == "" and a.name in modules)
+                    else prefix for a in node.names]
+            for t in targets:
+                t = t.removeprefix("inbetweening.") if t.startswith("inbetweening") else (
+                    t if t in modules else None)
+                if t in (None, "inbetweening", ""):
+                    continue
+                while t not in modules and "." in t:
+                    t = t.rsplit(".", 1)[0]
+                if t in modules and t != name:
+                    found.add(t)
+        graph[name] = found
+    graph.pop("", None)  # the package's own __init__: a facade of lazy names
+    return graph
+
+
+def test_every_module_has_a_level_and_imports_run_down():
+    upward = [f"{a} (level {level(a)}) imports {b} (level {level(b)})"
+              for a, targets in imports().items() for b in sorted(targets) if level(b) > level(a)]
+    assert not upward, "\n".join(upward)
+
+
+def test_the_model_layer_imports_nothing_of_the_application():
+    for a, targets in imports().items():
+        if a in MODEL_LAYER:
+            assert not {t.split(".")[0] for t in targets} & APPLICATION, (a, targets)
+
+
+def test_no_import_cycles():
+    graph = imports()
+    state: dict[str, int] = {}
+
+    def visit(node, path):
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(path + [nxt]))
+            if nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+
+
+def test_only_the_entry_point_imports_the_cli():
+    users = [a for a, targets in imports().items() if "cli" in targets and a != "__main__"]
+    assert users == []
+
+
+def test_the_command_line_starts_without_the_deep_learning_libraries():
+    code = ("import sys, inbetweening.cli as c; c.build_parser(); print(' '.join(m for m in "
+            "('torch', 'diffusers', 'transformers', 'gradio', 'cv2', 'matplotlib') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
