@@ -42,7 +42,7 @@ def build_unet(kind: str, device, dtype):
     torch.manual_seed(0)
     if kind == "toy":
         unet = models.unet()
-    else:  # class defaults = the SVD UNet config (see ../shared/notes/svd-facts.md)
+    else:  # class defaults = the SVD UNet config
         with torch.device(device):
             unet = UNetSpatioTemporalConditionModel(sample_size=(72, 128), num_frames=14)
     if dtype != torch.float32 or device.type != "cpu":

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random models of the real SVD classes (see ../shared/notes/svd-facts.md)."""
+"""Shared fixtures: tiny random models of the real SVD classes (the sizes of a tiny SVD that runs on a CPU)."""
 
 from __future__ import annotations
 

@@ -26,7 +26,6 @@ import torch
 from . import media
 from .utils import InbetweeningError
 
-VIDEO_SUFFIXES = media.READABLE_VIDEOS
 IMAGE_SUFFIXES = media.IMAGE_SUFFIXES
 
 
@@ -95,7 +94,7 @@ def find_sources(root: Path) -> tuple[list[Path], list[list[Path]]]:
         images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
         if images:
             folders.append(images)
-        videos += [f for f in files if f.suffix.lower() in VIDEO_SUFFIXES]
+        videos += [f for f in files if f.suffix.lower() in media.READABLE_VIDEOS]
     return videos, folders
 
 
@@ -158,7 +157,7 @@ class ClipDataset(torch.utils.data.Dataset):
         r = self.report
         if not r.too_short and not r.unreadable:
             return (f"no videos or frame folders in {self.root} (looked for "
-                    f"{' '.join(VIDEO_SUFFIXES)} files and folders of images)")
+                    f"{' '.join(media.READABLE_VIDEOS)} files and folders of images)")
         msg = f"no usable video in {self.root}: {r.skipped()}"
         if r.too_short:
             longest = max(n for _, n in r.too_short)

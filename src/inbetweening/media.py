@@ -13,7 +13,7 @@ import PIL.Image
 
 from .utils import InbetweeningError, atomic_path, check_target
 
-VIDEO_SUFFIXES = (".mp4", ".gif", ".webp")
+WRITABLE_VIDEOS = (".mp4", ".gif", ".webp")  # (and .zip of PNG frames, or a folder of them)
 READABLE_VIDEOS = (".mp4", ".webm", ".gif", ".mov", ".mkv", ".avi")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -44,7 +44,7 @@ def output_kind(path: str | os.PathLike) -> str:
     """'mp4', 'gif', 'webp', 'zip' (PNG frames in a zip file) or 'png' (a folder of PNG frames:
     a path without a suffix)."""
     suffix = Path(path).suffix.lower()
-    if suffix in VIDEO_SUFFIXES or suffix == ".zip":
+    if suffix in WRITABLE_VIDEOS or suffix == ".zip":
         return suffix[1:]
     if suffix == "":
         return "png"

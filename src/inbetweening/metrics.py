@@ -191,55 +191,61 @@ def _probe(flag: str, path: Path, run: Callable[[], torch.Tensor], rows: int, wh
                                 f"shape {shape})")
 
 
+def _load_feature_net(path: str | os.PathLike, flag: str, what: str, conventions: list,
+                      expected: str, probe) -> FeatureNet:
+    """Load a TorchScript network and recognise its calling convention by its forward's
+    argument names. ``conventions``: (matches(args), kind, wrap(net) -> fn) in order of
+    preference; ``probe(fn)``: a call on a small random input whose output is checked."""
+    path = Path(path)
+    net = load_torchscript(path, flag)
+    args = _arguments(net)
+    for matches, kind, wrap in conventions:
+        if matches(args):
+            fn = wrap(net)
+            break
+    else:
+        raise InbetweeningError(f"{flag} {path}: not {what} (its forward takes "
+                                f"{args or 'no arguments'}; expected {expected})")
+    _probe(flag, path, lambda: probe(fn), 2, what)
+    return FeatureNet(fn, kind, str(path))
+
+
+def _lpips_vgg16(net):
+    def features(x):
+        return net(x * 255.0, resize_images=True, return_lpips=True).flatten(1)
+    return lambda x, y: (features(x) - features(y)).square().sum(1)
+
+
 def load_lpips(path: str | os.PathLike) -> FeatureNet:
     """An LPIPS network (see the module's notes); ``fn(x, y)`` with (N, 3, H, W) images in
     [0, 1] returns (N,) distances."""
-    flag, path = "--lpips-weights", Path(path)
-    net = load_torchscript(path, flag)
-    args = _arguments(net)
-    if "return_lpips" in args:
-        def features(x):
-            return net(x * 255.0, resize_images=True, return_lpips=True).flatten(1)
-
-        def fn(x, y):
-            return (features(x) - features(y)).square().sum(1)
-        kind = "vgg16-lpips"
-    elif len(args) >= 2:
-        def fn(x, y):
-            return net(x * 2 - 1, y * 2 - 1).reshape(len(x), -1).mean(1)
-        kind = "distance"
-    else:
-        raise InbetweeningError(f"{flag} {path}: not an LPIPS network (its forward takes "
-                                f"{args or 'no arguments'}; expected (img, return_lpips) or "
-                                "(x0, x1))")
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    _probe(flag, path, lambda: fn(x, x.flip(0)).reshape(2, -1), 2, "an LPIPS network")
-    return FeatureNet(fn, kind, str(path))
+    return _load_feature_net(path, "--lpips-weights", "an LPIPS network", [
+        (lambda args: "return_lpips" in args, "vgg16-lpips", _lpips_vgg16),
+        (lambda args: len(args) >= 2, "distance",
+         lambda net: lambda a, b: net(a * 2 - 1, b * 2 - 1).reshape(len(a), -1).mean(1)),
+    ], "(img, return_lpips) or (x0, x1)", lambda fn: fn(x, x.flip(0)).reshape(2, -1))
+
+
+def _resized_features(net):
+    def fn(x):
+        x = F.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear",
+                          align_corners=False)
+        return net(x).flatten(1)
+    return fn
 
 
 def load_inception(path: str | os.PathLike) -> FeatureNet:
     """An image feature network for FID; ``fn(x)`` with (N, 3, H, W) images in [0, 1] returns
     (N, D) features."""
-    flag, path = "--inception-weights", Path(path)
-    net = load_torchscript(path, flag)
-    args = _arguments(net)
-    if "return_features" in args and "rescale" not in args:
-        def fn(x):
-            return net((x * 255).round().to(torch.uint8), return_features=True).flatten(1)
-        kind = "inception-2015-12-05"
-    elif len(args) == 1:
-        def fn(x):
-            x = F.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear",
-                              align_corners=False)
-            return net(x).flatten(1)
-        kind = "image-features"
-    else:
-        raise InbetweeningError(f"{flag} {path}: not an image feature network (its forward "
-                                f"takes {args or 'no arguments'}; expected (img, return_features) "
-                                "or (x))")
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    _probe(flag, path, lambda: fn(x), 2, "an image feature network")
-    return FeatureNet(fn, kind, str(path))
+    return _load_feature_net(path, "--inception-weights", "an image feature network", [
+        (lambda args: "return_features" in args and "rescale" not in args,
+         "inception-2015-12-05",
+         lambda net: lambda x: net((x * 255).round().to(torch.uint8),
+                                   return_features=True).flatten(1)),
+        (lambda args: len(args) == 1, "image-features", _resized_features),
+    ], "(img, return_features) or (x)", lambda fn: fn(x))
 
 
 def resample_frames(video: torch.Tensor, count: int) -> torch.Tensor:
@@ -248,36 +254,26 @@ def resample_frames(video: torch.Tensor, count: int) -> torch.Tensor:
     return video[torch.as_tensor(idx)]
 
 
+def _video_input(v: torch.Tensor) -> torch.Tensor:
+    """(B, F, 3, H, W) -> (B, 3, T, 224, 224): :data:`FVD_FRAMES` frames at 224x224."""
+    v = torch.stack([resample_frames(x, FVD_FRAMES) for x in v])
+    b, t = v.shape[:2]
+    v = F.interpolate(v.flatten(0, 1), size=(FVD_SIZE, FVD_SIZE), mode="bilinear",
+                      align_corners=False)
+    return v.unflatten(0, (b, t)).permute(0, 2, 1, 3, 4).contiguous()
+
+
 def load_video_features(path: str | os.PathLike) -> FeatureNet:
     """A video feature network for FVD; ``fn(v)`` with (B, F, 3, H, W) videos in [0, 1] returns
     (B, D) features (videos resampled to :data:`FVD_FRAMES` frames at 224x224)."""
-    flag, path = "--fvd-weights", Path(path)
-    net = load_torchscript(path, flag)
-    args = _arguments(net)
-
-    def prepare(v: torch.Tensor) -> torch.Tensor:  # (B, F, 3, H, W) -> (B, 3, T, 224, 224)
-        v = torch.stack([resample_frames(x, FVD_FRAMES) for x in v])
-        b, t = v.shape[:2]
-        v = F.interpolate(v.flatten(0, 1), size=(FVD_SIZE, FVD_SIZE), mode="bilinear",
-                          align_corners=False)
-        return v.unflatten(0, (b, t)).permute(0, 2, 1, 3, 4).contiguous()
-
-    if {"return_features", "rescale", "resize"} <= set(args):
-        def fn(v):
-            return net(prepare(v) * 2 - 1, rescale=False, resize=False,
-                       return_features=True).flatten(1)
-        kind = "i3d"
-    elif len(args) == 1:
-        def fn(v):
-            return net(prepare(v)).flatten(1)
-        kind = "video-features"
-    else:
-        raise InbetweeningError(f"{flag} {path}: not a video feature network (its forward takes "
-                                f"{args or 'no arguments'}; expected (x, rescale, resize, "
-                                "return_features) or (x))")
     v = torch.rand(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    _probe(flag, path, lambda: fn(v), 2, "a video feature network")
-    return FeatureNet(fn, kind, str(path))
+    return _load_feature_net(path, "--fvd-weights", "a video feature network", [
+        (lambda args: {"return_features", "rescale", "resize"} <= set(args), "i3d",
+         lambda net: lambda v: net(_video_input(v) * 2 - 1, rescale=False, resize=False,
+                                   return_features=True).flatten(1)),
+        (lambda args: len(args) == 1, "video-features",
+         lambda net: lambda v: net(_video_input(v)).flatten(1)),
+    ], "(x, rescale, resize, return_features) or (x)", lambda fn: fn(v))
 
 
 @torch.no_grad()

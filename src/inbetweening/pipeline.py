@@ -7,6 +7,7 @@ re-injection, see :mod:`inbetweening.sampling`) -> decode in chunks -> frames.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -199,28 +200,33 @@ class InbetweenPipeline(DiffusionPipeline):
         embedding = conditioning.clip_embedding(self.image_encoder, self.feature_extractor,
                                                 image.to(device))
         noise = randn_tensor(image.shape, generator=generator, device=device, dtype=image.dtype)
+        with self._vae_upcast():
+            latent = conditioning.image_latent(self.vae, image.to(device), noise_aug_strength,
+                                               noise)
+        return KeyframeCondition(embedding=embedding, latent=latent.to(embedding.dtype))
+
+    @contextlib.contextmanager
+    def _vae_upcast(self):
+        """The VAE in fp32 inside the block where it asks for it (``force_upcast`` in fp16), put
+        back afterwards, also when the block fails."""
         upcast = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
         if upcast:
             self.vae.to(dtype=torch.float32)
-        latent = conditioning.image_latent(self.vae, image.to(device), noise_aug_strength, noise)
-        if upcast:
-            self.vae.to(dtype=torch.float16)
-        return KeyframeCondition(embedding=embedding, latent=latent.to(embedding.dtype))
+        try:
+            yield
+        finally:
+            if upcast:
+                self.vae.to(dtype=torch.float16)
 
     def decode(self, latents: torch.Tensor, decode_chunk_size: int) -> torch.Tensor:
         """(1, F, C, h, w) latents -> (1, F, 3, H, W) frames in [-1, 1], ``decode_chunk_size``
         frames at a time (the temporal decoder mixes frames within a chunk)."""
         z = latents.flatten(0, 1) / self.vae.config.scaling_factor
-        upcast = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
-        dtype = torch.float32 if upcast else self.vae.dtype
-        if upcast:
-            self.vae.to(dtype=torch.float32)
         parts = []
-        for a in range(0, z.shape[0], decode_chunk_size):
-            chunk = z[a:a + decode_chunk_size].to(dtype)
-            parts.append(self.vae.decode(chunk, num_frames=chunk.shape[0]).sample.float())
-        if upcast:
-            self.vae.to(dtype=torch.float16)
+        with self._vae_upcast():
+            for a in range(0, z.shape[0], decode_chunk_size):
+                chunk = z[a:a + decode_chunk_size].to(self.vae.dtype)
+                parts.append(self.vae.decode(chunk, num_frames=chunk.shape[0]).sample.float())
         return torch.cat(parts).unflatten(0, latents.shape[:2])
 
     @torch.no_grad()

@@ -1,15 +1,10 @@
 """The toy model's autoencoder: principal components of 8x8 pixel patches.
 
-The toy world first used diffusers' ``AutoencoderKLTemporalDecoder`` trained from scratch, and it
-could not be made to work in this project's CPU budget: every configuration tried (32 to 128
-channels, crops or whole frames, sampled or mean latents, learning rates 2e-4 to 1e-3, 500 to
-2,400 steps) stayed at 20-24 dB and rendered vehicles and backgrounds grey or in the wrong hue.
-The class normalises with GroupNorm(32) right before its output convolutions, which passes
-little of an image's absolute colour, and learning to route around it takes far longer than a
-toy budget. (``../shared/notes/toy-feasibility.md`` foresaw this: "or give the toy pipeline an
-exact ... autoencoder with the same encode/decode interface".)
+A fitted linear patch autoencoder stands in for a trained ``AutoencoderKLTemporalDecoder``,
+which could not learn the toy world's colours in this project's CPU budget (the experiments are
+in ``docs/toy-model.md``).
 
-So the toy latent is linear and fitted, not trained: each 8x8x3 patch of a frame is projected on
+The toy latent is linear and fitted, not trained: each 8x8x3 patch of a frame is projected on
 the leading principal components of toy-world patches (32 of 192 keep 95 % of the variance, 32 dB
 on other clips, and every colour), giving latents of shape (32, H/8, W/8) like an SVD VAE's (4, H/8, W/8). It has the
 interface the pipeline and training use (``encode(x).latent_dist.mode()``,
@@ -42,7 +37,9 @@ class PatchAutoencoder(ModelMixin, ConfigMixin):
         if latent_channels > dim:
             raise ValueError(f"latent_channels must be at most {dim}")
         g = torch.Generator().manual_seed(0)
-        q, _ = torch.linalg.qr(torch.randn(dim, latent_channels, generator=g))
+        # (float32 whatever the default dtype a loader sets: there is no half-precision QR)
+        q, _ = torch.linalg.qr(torch.randn(dim, latent_channels, generator=g,
+                                           dtype=torch.float32))
         self.register_buffer("basis", q.contiguous())  # (dim, latent_channels), orthonormal
         self.register_buffer("center", torch.zeros(dim))
 
@@ -65,17 +62,21 @@ class PatchAutoencoder(ModelMixin, ConfigMixin):
     # -- the autoencoder interface ---------------------------------------------------------------
     def encode(self, x: torch.Tensor, return_dict: bool = True):
         """Frames (N, C, H, W) in [-1, 1] -> latents (N, latent_channels, H/p, W/p) as a
-        distribution with no spread (its mode and its samples are the projection)."""
-        z = (self._patches(x) - self.center.to(x.dtype)) @ self.basis.to(x.dtype)
-        z = z.permute(0, 3, 1, 2)
+        distribution with no spread (its mode and its samples are the projection). Computed in
+        float32 at least, returned in the frames' dtype."""
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        z = (self._patches(x.to(dtype)) - self.center.to(dtype)) @ self.basis.to(dtype)
+        z = z.permute(0, 3, 1, 2).to(x.dtype)
         dist = DiagonalGaussianDistribution(torch.cat([z, torch.full_like(z, -30.0)], dim=1))
         return AutoencoderKLOutput(latent_dist=dist) if return_dict else (dist,)
 
     def decode(self, z: torch.Tensor, num_frames: int | None = None, return_dict: bool = True):
         """Latents (N, latent_channels, h, w) -> frames (N, C, h*p, w*p). ``num_frames`` is
-        accepted for the temporal decoder's interface; frames are decoded independently."""
-        patches = z.permute(0, 2, 3, 1) @ self.basis.to(z.dtype).T + self.center.to(z.dtype)
-        image = self._image(patches)
+        accepted for the temporal decoder's interface; frames are decoded independently.
+        Computed in float32 at least, returned in the latents' dtype."""
+        dtype = torch.promote_types(z.dtype, torch.float32)
+        patches = z.to(dtype).permute(0, 2, 3, 1) @ self.basis.to(dtype).T + self.center.to(dtype)
+        image = self._image(patches).to(z.dtype)
         return DecoderOutput(sample=image) if return_dict else (image,)
 
     def forward(self, sample: torch.Tensor, return_dict: bool = True):
