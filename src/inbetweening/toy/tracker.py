@@ -44,10 +44,15 @@ class Tracks:
     found: np.ndarray
 
 
+def color_distance(frame: torch.Tensor, color: torch.Tensor) -> torch.Tensor:
+    """(H, W) RGB (Euclidean) distance of each pixel of ``frame`` (3, H, W) to ``color`` (3,)."""
+    return (frame - color[:, None, None]).norm(dim=0)
+
+
 def _weights(frame: torch.Tensor, color: torch.Tensor, tolerance: float) -> torch.Tensor:
     """(H, W) weight of each pixel as the sprite's colour: 1 at the colour, falling to 0 at
     ``tolerance`` (RGB distance), squared so that near-misses of the background count little."""
-    dist = (frame - color[:, None, None]).norm(dim=0)
+    dist = color_distance(frame, color)
     return (1 - dist / tolerance).clamp(min=0) ** 2
 
 
