@@ -19,9 +19,11 @@ from safetensors.torch import save_file
 
 from .attention import NO_ROTATION_TENSORS, ROTATION_TENSORS, install, installed
 from .attention import temporal_attention_layers
-from .utils import InbetweeningError, atomic_path
+from .utils import InbetweeningError, atomic_path, check_target
 
 FORMAT = "inbetweening-backward-weights"
+# The backward weights `inbetween train` writes, and those a model folder carries (pipeline).
+WEIGHTS_FILENAME = "backward.safetensors"
 VARIANTS = {"rotation": ROTATION_TENSORS, "no-rotation": NO_ROTATION_TENSORS}
 
 
@@ -84,6 +86,10 @@ def validate(unet, tensors: dict[str, torch.Tensor]) -> str:
     unexpected = [n for n in tensors if n not in set(expected)]
     wrong = [f"{n}: file {tuple(tensors[n].shape)} vs model {tuple(own[n].shape)}"
              for n in expected if n in tensors and tensors[n].shape != own[n].shape]
+    not_real = [f"{n} ({tensors[n].dtype})" for n in expected if n in tensors
+                and not (tensors[n].is_floating_point() and not tensors[n].is_complex())]
+    not_finite = [n for n in expected if n in tensors and tensors[n].is_floating_point()
+                  and not torch.isfinite(tensors[n]).all()]
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing (e.g. {missing[0]})")
@@ -91,6 +97,10 @@ def validate(unet, tensors: dict[str, torch.Tensor]) -> str:
         problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
     if wrong:
         problems.append(f"{len(wrong)} of the wrong shape (e.g. {wrong[0]})")
+    if not_real:
+        problems.append(f"{len(not_real)} not of real floating-point numbers (e.g. {not_real[0]})")
+    if not_finite:
+        problems.append(f"{len(not_finite)} holding NaN or infinite values (e.g. {not_finite[0]})")
     if problems:
         raise InbetweeningError(
             f"backward weights do not fit this UNet ({len(expected)} tensors expected for the "
@@ -147,6 +157,12 @@ def load_backward_weights_file(path: str | os.PathLike, device="cpu",
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise InbetweeningError(f"cannot read {path} as safetensors: {e}") from None
+    for name, t in tensors.items():
+        if not t.is_floating_point() or t.is_complex():
+            raise InbetweeningError(f"{path}: {name} is not of real floating-point numbers "
+                                    f"({t.dtype})")
+        if not torch.isfinite(t).all():
+            raise InbetweeningError(f"{path}: {name} holds NaN or infinite values")
     if dtype is not None:
         tensors = {k: v.to(dtype) for k, v in tensors.items()}
     return tensors, meta
@@ -162,7 +178,14 @@ def _unet_weight_files(folder: Path) -> list[Path]:
             return [single]
         index = folder / f"{stem}.safetensors.index.json"
         if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise InbetweeningError(f"{index}: not a safetensors index (no readable "
+                                        "weight_map)") from None
+            missing = [s for s in shards if not (folder / s).is_file()]
+            if missing:
+                raise InbetweeningError(f"{index} names missing shards: {', '.join(missing[:3])}")
             return [folder / s for s in shards]
     raise InbetweeningError(f"no diffusers UNet safetensors weights in {folder}")
 
@@ -171,10 +194,13 @@ def _read_unet_tensors(folder: Path, wanted) -> dict[str, torch.Tensor]:
     """Read only the tensors whose names satisfy ``wanted`` from a UNet folder (no full load)."""
     out = {}
     for file in _unet_weight_files(Path(folder)):
-        with safe_open(str(file), framework="pt") as f:
-            for k in f.keys():
-                if wanted(k):
-                    out[k] = f.get_tensor(k)
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                for k in f.keys():
+                    if wanted(k):
+                        out[k] = f.get_tensor(k)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise InbetweeningError(f"cannot read {file} as safetensors: {e}") from None
     return out
 
 
@@ -199,6 +225,7 @@ def convert_official(finetuned: str | os.PathLike, output: str | os.PathLike, *,
     if (img2vid is None) != (base is None):
         raise InbetweeningError("give both --img2vid and --base (to move the weights onto another "
                                 "base model), or neither")
+    check_target(output, overwrite, folder=False)
     wanted = lambda k: any(k.endswith(f".temporal_transformer_blocks.0.attn1.{r}")  # noqa: E731
                            for r in ROTATION_TENSORS)
     ft = _read_unet_tensors(Path(finetuned), wanted)

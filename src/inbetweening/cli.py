@@ -22,11 +22,19 @@ from .utils import InbetweeningError
 COMMAND_MODULES = (interpolate, convert, train, evaluate, demo, app)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line errors: ``error: ...`` and exit status 2, no usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog.removeprefix('inbetween ')}: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="inbetween", description="Generative inbetweening: the video between keyframes "
                                       "with Stable Video Diffusion.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=Parser)
     for module in COMMAND_MODULES:
         module.add_command(sub)
     return parser
@@ -44,7 +52,10 @@ def quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, already said in one line)
+        return int(e.code or 0)
     quiet_libraries()
     try:
         args.func(args)

@@ -5,6 +5,7 @@ and the app all need."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import warnings
 from pathlib import Path
@@ -33,6 +34,8 @@ def default_device(device: str | None = None) -> torch.device:
         dev = torch.device(device)
     except RuntimeError:
         raise InbetweeningError(f"unknown device {device!r} (try cpu, cuda, cuda:1)") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise InbetweeningError(f"device {device!r} cannot run a model (try cpu, cuda, cuda:1)")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InbetweeningError(f"device {device!r} asked for, but no CUDA GPU is available")
     return dev
@@ -64,6 +67,7 @@ def resolve_model(model: str | os.PathLike | None) -> str | Path | None:
             if not (path / "model_index.json").is_file():
                 raise InbetweeningError(f"{path} is not a diffusers model folder (no "
                                         "model_index.json)")
+            check_model_index(path)
             return path
         text = str(model)
         parts = text.split("/")
@@ -71,6 +75,26 @@ def resolve_model(model: str | os.PathLike | None) -> str | Path | None:
             return text  # a hub id (owner/name)
         raise InbetweeningError(f"model folder not found: {model}")
     return bundled_model()
+
+
+SVD_COMPONENTS = ("vae", "image_encoder", "unet", "scheduler", "feature_extractor")
+
+
+def check_model_index(folder: Path) -> None:
+    """A model folder's ``model_index.json`` must name every SVD component, each with a folder."""
+    index_path = folder / "model_index.json"
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, ValueError) as e:
+        raise InbetweeningError(f"{index_path}: not readable JSON ({e})") from None
+    missing = [c for c in SVD_COMPONENTS
+               if not isinstance(index, dict) or not isinstance(index.get(c), list)]
+    if missing:
+        raise InbetweeningError(f"{index_path} does not describe an SVD model (no "
+                                f"{', '.join(missing)})")
+    absent = [c for c in SVD_COMPONENTS if not (folder / c).is_dir()]
+    if absent:
+        raise InbetweeningError(f"{folder} lacks the component folders {', '.join(absent)}")
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -19,25 +20,56 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
 def read_image(path: str | os.PathLike, max_pixels: int | None = 64_000_000) -> PIL.Image.Image:
-    """An image file as RGB, or a one-line InbetweeningError saying why not."""
+    """An image file as 8-bit RGB, or a one-line InbetweeningError saying why not. 16-bit and
+    floating-point images are scaled to 8 bits, not clipped."""
     path = Path(path)
     if not path.exists():
         raise InbetweeningError(f"{path}: no such file")
     if path.is_dir():
         raise InbetweeningError(f"{path} is a folder, not an image")
+    limit = max_pixels or PIL.Image.MAX_IMAGE_PIXELS
+    too_large = f"{path}: the image is too large (at most {limit:,} pixels)"
     try:
-        with PIL.Image.open(path) as im:
-            if max_pixels and im.width * im.height > max_pixels:
-                raise InbetweeningError(f"{path}: {im.width}x{im.height} is too large "
-                                        f"(at most {max_pixels:,} pixels)")
-            im.load()
-            return im.convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+            with PIL.Image.open(path) as im:
+                if im.width * im.height > limit:
+                    raise InbetweeningError(f"{path}: {im.width}x{im.height} is too large "
+                                            f"(at most {limit:,} pixels)")
+                im.load()
+                return _to_rgb8(im, path)
     except InbetweeningError:
         raise
-    except (PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError):
+    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning):
+        raise InbetweeningError(too_large) from None
+    except PIL.UnidentifiedImageError:
         raise InbetweeningError(f"{path}: not an image file") from None
-    except OSError as e:
-        raise InbetweeningError(f"{path}: cannot read image ({e})") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:  # PIL's ways of saying "corrupt"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        raise InbetweeningError(f"{path}: cannot read image ({first})") from None
+
+
+def _to_rgb8(im: PIL.Image.Image, path: Path) -> PIL.Image.Image:
+    """RGB with 8 bits a channel. Integer images deeper than 8 bits are scaled by their bit depth
+    (16-bit: /257); floating-point ones are taken as [0, 1] (or [0, 255] when above 1)."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        if not np.isfinite(a).all():
+            raise InbetweeningError(f"{path}: the image has values that are not numbers")
+        lo, hi = float(a.min(initial=0)), float(a.max(initial=0))
+        if im.mode == "F":
+            scale = 255.0 if hi <= 1.0 else 1.0
+            if lo < 0 or hi * scale > 255.0 + 1e-6:
+                raise InbetweeningError(f"{path}: a floating-point image must hold values in "
+                                        f"[0, 1] or [0, 255], not [{lo:g}, {hi:g}]")
+        else:
+            scale = 1 / 257 if im.mode.startswith("I;16") or hi > 255 else 1.0
+            if lo < 0 or hi > 65535:
+                raise InbetweeningError(f"{path}: a {im.mode} image must hold 8- or 16-bit "
+                                        f"values, not [{lo:g}, {hi:g}]")
+        gray = np.clip(np.round(a * scale), 0, 255).astype(np.uint8)
+        return PIL.Image.fromarray(np.stack([gray] * 3, axis=-1))
+    return im.convert("RGB")
 
 
 def output_kind(path: str | os.PathLike) -> str:

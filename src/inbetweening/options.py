@@ -11,13 +11,16 @@ Each field's ``metadata`` carries its command-line help, so the command line is 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 
 from .methods import METHODS
 from .utils import InbetweeningError
 
 FUSES = ("average", "linear")
+# The range of each whole-number option: beyond these a run would never end or make no video.
+LIMITS = {"frames": (3, 1024), "steps": (1, 1000), "fps": (1, 240), "reinject": (0, 50),
+          "max_unet_batch": (1, 1 << 20), "decode_chunk": (1, 1 << 20)}
+MAX_GUIDANCE = 100.0
 DUAL_PASSES = ("fused", "reference")
 
 
@@ -90,22 +93,19 @@ class SamplingOptions:
         if self.method not in METHODS:
             raise InbetweeningError(f"unknown method {self.method!r}; choose from "
                                     f"{', '.join(METHODS)}")
-        for name in ("frames", "steps", "fps", "max_unet_batch", "decode_chunk"):
+        for name, (lo, hi) in LIMITS.items():
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise InbetweeningError(f"{name.replace('_', '-')} must be at least 1, not {value}")
-        if self.frames is not None and self.frames < 3:
-            raise InbetweeningError(f"frames must be at least 3, not {self.frames}")
-        if self.reinject is not None and self.reinject < 0:
-            raise InbetweeningError(f"reinject must be 0 or more, not {self.reinject}")
+            if value is not None and not lo <= value <= hi:
+                raise InbetweeningError(f"{name.replace('_', '-')} must be between {lo} and {hi}, "
+                                        f"not {value}")
         if self.reinject_fraction is not None and not 0 <= self.reinject_fraction <= 1:
             raise InbetweeningError(f"reinject-fraction must be between 0 and 1, not "
                                     f"{self.reinject_fraction}")
         if self.guidance is not None:
             lo, hi = self.guidance
-            if not (math.isfinite(lo) and math.isfinite(hi)) or lo < 0 or hi < 0:
-                raise InbetweeningError(f"guidance scales must be finite and not negative, not "
-                                        f"{lo},{hi}")
+            if not (0 <= lo <= MAX_GUIDANCE and 0 <= hi <= MAX_GUIDANCE):
+                raise InbetweeningError(f"guidance scales must be between 0 and {MAX_GUIDANCE}, "
+                                        f"not {lo},{hi}")
         if self.fuse is not None and self.fuse not in FUSES:
             raise InbetweeningError(f"fuse must be one of {', '.join(FUSES)}, not {self.fuse!r}")
         if self.dual_pass is not None and self.dual_pass not in DUAL_PASSES:

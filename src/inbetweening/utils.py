@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import re
@@ -10,8 +11,6 @@ import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-
-import torch
 
 
 class InbetweeningError(Exception):
@@ -87,6 +86,29 @@ def check_target(path: str | os.PathLike, overwrite: bool, *, folder: bool | Non
     return path
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_partials(path: Path) -> list[Path]:
+    """Remove what an interrupted write of ``path`` left beside it (``.NAME.PID.XXXX.partial*``
+    of a process that is gone); returns what was removed."""
+    removed = []
+    pattern = re.compile(re.escape(f".{path.name}.") + r"(\d+)\.[^.]+\.partial")
+    for p in path.parent.glob(f".{glob.escape(path.name)}.*.partial*"):
+        m = pattern.match(p.name)
+        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
 def _mark(folder: Path) -> None:
     entries = sorted(p.name for p in folder.iterdir())
     (folder / OUTPUT_MARK).write_text(json.dumps({"entries": entries}) + "\n")
@@ -104,8 +126,9 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True,
     """
     path = check_target(path, overwrite, inputs=inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial" + path.suffix,
-                               dir=path.parent)
+    remove_stale_partials(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.",
+                               suffix=".partial" + path.suffix, dir=path.parent)
     os.close(fd)
     os.unlink(tmp)
     tmp = Path(tmp)
@@ -135,5 +158,18 @@ def _default_permissions(path: Path) -> None:
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    import torch
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def mix_seed(seed: int, *keys: int, scale: int = 7_919, offset: int = 12_345) -> int:
+    """A seed that is a pure function of ``seed`` and ``keys``, the same in every process and run:
+    for each key in turn, ``value = (value * 1_000_003 + key * scale + offset) % (2**63 - 1)``,
+    from ``value = seed``. The default constants address training's samples and the toy world's
+    clips; ``scale=1, offset=0`` gives evaluation's pair seeds."""
+    value = int(seed)
+    for key in keys:
+        value = (value * 1_000_003 + key * scale + offset) % (2**63 - 1)
+    return value
