@@ -14,14 +14,7 @@ from ..utils import InbetweeningError
 from .report import write_report
 from .results import SETTINGS, Settings, record_path, save_npz, video_path, write_json
 from .scoring import (
-    SET_BY_THE_SET,
-    FeatureNets,
-    Settings,
-    generate,
-    pair_seed,
-    parse_methods,
-    sampling_call,
-    score,
+    SET_BY_THE_SET, FeatureNets, generate, pair_seed, parse_methods, sampling_call, score,
 )
 from .sets import BenchmarkSet, load_set
 
