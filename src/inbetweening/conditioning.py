@@ -64,6 +64,14 @@ def edm_scalings(sigma: torch.Tensor):
     return c_in, c_skip, c_out, c_noise
 
 
+def unet_input(x: torch.Tensor, c_in, cond_latent: torch.Tensor) -> torch.Tensor:
+    """The UNet's input: ``c_in * x`` with the conditioning latent repeated over the frames on
+    the channels. x: (N, F, C, h, w); c_in: broadcasts against x (each caller computes it from
+    its own sigma with :func:`edm_scalings`); cond_latent: (N, C, h, w) -> (N, F, 2C, h, w)."""
+    f = x.shape[1]
+    return torch.cat([c_in * x, cond_latent.unsqueeze(1).expand(-1, f, -1, -1, -1)], dim=2)
+
+
 def loss_weight(sigma: torch.Tensor) -> torch.Tensor:
     """EDM loss weight for unit-variance data: (1 + sigma^2) / sigma^2."""
     return (1.0 + sigma**2) / sigma**2
@@ -86,6 +94,6 @@ def log_sigma_bucket(sigma: float) -> str:
 
 
 __all__ = [
-    "clip_embedding", "image_latent", "added_time_ids", "edm_scalings", "loss_weight",
+    "clip_embedding", "image_latent", "added_time_ids", "edm_scalings", "unet_input", "loss_weight",
     "sample_sigmas", "log_sigma_bucket",
 ]

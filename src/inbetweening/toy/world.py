@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..utils import mix_seed
+
 HELD_OUT_SEED = 1_000_000
 
 
@@ -96,12 +98,6 @@ class Clips:
             self.video.flip(1), self.centers.flip(2), self.headings + math.pi, self.speeds,
             self.colors, self.present, self.seeds,
         )
-
-
-def _clip_generator(seed: int, index: int) -> torch.Generator:
-    g = torch.Generator()
-    g.manual_seed((seed * 1_000_003 + index * 7_919 + 12_345) % (2**63 - 1))
-    return g
 
 
 def _uniform(g: torch.Generator, lo: float, hi: float, *shape: int) -> torch.Tensor:
@@ -175,7 +171,7 @@ def make_clip(seed: int, index: int, cfg: WorldConfig = WorldConfig(), *,
     """Clip ``index`` of ``seed``. With ``stay_in_view`` the vehicles stay wholly in frame and apart
     throughout (resampled until they do), as evaluation pairs need; training clips let vehicles
     start anywhere, independently of their heading, and leave the frame."""
-    g = _clip_generator(seed, index)
+    g = torch.Generator().manual_seed(mix_seed(seed, index))
     background = _background(g, cfg.size)
     n = int(torch.randint(cfg.min_sprites, cfg.max_sprites + 1, (1,), generator=g))
     colors = _sprite_colors(g, n)
