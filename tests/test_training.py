@@ -347,6 +347,13 @@ def test_command_writes_weights_checkpoints_log_and_samples_that_interpolate_loa
     assert video_out.is_file()
 
 
+def test_the_command_offers_the_backward_variants():
+    """train_config lists the variants without importing torch; they are backward.VARIANTS."""
+    from inbetweening import train_config
+
+    assert train_config.VARIANTS == tuple(backward.VARIANTS)
+
+
 def _not_svd_model(tiny_model_dir, root: Path) -> Path:
     """A diffusers folder whose UNet is an image UNet (UNet2DConditionModel)."""
     import json

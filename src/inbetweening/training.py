@@ -1,4 +1,5 @@
-"""Backward-motion fine-tuning, the paper's Alg. 1: ``inbetween train``.
+"""Backward-motion fine-tuning, the paper's Alg. 1: what ``inbetween train`` runs (its command
+line: :mod:`inbetweening.commands.train`; its options: :mod:`inbetweening.train_config`).
 
     inbetween train --model SVD_FOLDER --data CLIPS/ --output runs/backward
     torchrun --nproc_per_node 2 -m inbetweening.cli train --device cpu ...   # 2 processes
@@ -49,65 +50,11 @@ import torch
 from tqdm.auto import tqdm
 
 from . import attention, backward, conditioning
-from .utils import InbetweeningError, atomic_torch_save
+from .train_config import COND_AUGS, DUAL_PASSES, PRECISIONS, SAVE_DTYPES, TrainConfig
+from .utils import InbetweeningError, atomic_torch_save, mix_seed
 
-# -- config (the published recipe where it has one; see ../shared/notes/published-recipe.md) ----
-
-
-@dataclass
-class TrainConfig:
-    data: str | None = None  # folder of videos / frame folders (see inbetweening.data)
-    output: str = "runs/backward"  # gets backward.safetensors, checkpoints/, log.csv, samples/
-    model: str | None = None  # diffusers SVD folder or hub id; None: the bundled toy model
-    variant: str = "rotation"  # or "no-rotation" (the paper's "w/o RA": q, k, v, o, no maps)
-    # data
-    frames: int | None = None  # frames per clip; None: the model's num_frames
-    stride: int = 2  # take every stride-th frame
-    size: tuple[int, int] | None = None  # (width, height); None: the model's
-    # optimisation
-    steps: int = 15_000  # optimizer steps
-    batch_size: int = 1  # clips per process per micro-step
-    grad_accum: int = 1  # micro-steps per optimizer step
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 1e-2
-    eps: float = 1e-8
-    grad_clip: float = 1.0
-    warmup: int = 0  # linear lr warm-up steps (0: constant lr, as published)
-    # noise and conditioning
-    p_mean: float = 0.7  # ln(sigma) ~ N(p_mean, p_std^2)
-    p_std: float = 1.6
-    sigma_set: tuple[float, ...] | None = None  # draw sigma from these values instead
-    fps: int = 7  # the UNet sees fps - 1 = 6
-    motion_bucket_id: int = 127
-    noise_aug: float = 0.02
-    cond_aug: str = "latent"  # conditioning noise on the latent (published training) or "pixel"
-    # machinery
-    dual_pass: str = "split"  # split | fused | reference (see the module docstring)
-    mixed_precision: str | None = None  # no | fp16 | bf16; None: accelerate's setting
-    gradient_checkpointing: bool = False
-    cache_latents: bool = True  # encode each clip once (VAE, CLIP) and keep it
-    device: str | None = None  # cpu | cuda; None: cuda if available
-    seed: int = 0
-    # bookkeeping
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    sample_every: int | None = None  # validation video every N steps; None: checkpoint_every
-    sample_steps: int | None = None  # its denoising steps; None: the model's recommendation
-    save_dtype: str = "fp32"
-    resume: str | None = None  # "latest" or a checkpoint file
-    overwrite: bool = False
-    stop_after: int | None = None  # end this run after this step (resume it later)
-    progress: bool = True
-
-    def __post_init__(self):
-        if self.sample_every is None:
-            self.sample_every = self.checkpoint_every
-
-
-DUAL_PASSES = ("split", "fused", "reference")
-WEIGHTS_FILE = "backward.safetensors"
 LOG_FILE = "log.csv"
+CHECKPOINT_DIR = "checkpoints"
 
 # -- the loss ---------------------------------------------------------------------------------
 
@@ -116,9 +63,7 @@ def unet_input(noisy: torch.Tensor, sigma: torch.Tensor, cond_latent: torch.Tens
     """The UNet's input (c_in * x with the conditioning latent on channels) and its timesteps.
     noisy: (N, F, C, h, w); sigma: (N,); cond_latent: (N, C, h, w)."""
     c_in, _, _, c_noise = conditioning.edm_scalings(sigma.view(-1, 1, 1, 1, 1))
-    f = noisy.shape[1]
-    inp = torch.cat([c_in * noisy, cond_latent.unsqueeze(1).expand(-1, f, -1, -1, -1)], dim=2)
-    return inp, c_noise.flatten()
+    return conditioning.unet_input(noisy, c_in, cond_latent), c_noise.flatten()
 
 
 class BackwardObjective(torch.nn.Module):
@@ -180,10 +125,7 @@ class BackwardObjective(torch.nn.Module):
 
 def _generator(seed: int, *keys: int) -> torch.Generator:
     """A generator that is a pure function of (seed, keys): the same in every process and run."""
-    value = seed
-    for k in keys:
-        value = (value * 1_000_003 + k * 7_919 + 12_345) % (2**63 - 1)
-    return torch.Generator().manual_seed(value)
+    return torch.Generator().manual_seed(mix_seed(seed, *keys))
 
 
 @dataclass
@@ -279,9 +221,31 @@ class Batches:
 # -- bookkeeping: checkpoints, log, samples -------------------------------------------------------
 
 
+def checkpoint_files(folder: Path) -> list[Path]:
+    """The ``step-N.pt`` files in ``folder`` (N zero-padded or not), the earliest step first."""
+    return sorted(folder.glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+
+
+def prune_checkpoints(folder: Path, keep: int) -> None:
+    """Delete all but the ``keep`` latest checkpoints in ``folder``."""
+    for old in checkpoint_files(folder)[:-keep]:
+        old.unlink()
+
+
 def checkpoints(out: Path) -> list[Path]:
-    found = (out / "checkpoints").glob("step-*.pt")
-    return sorted(found, key=lambda p: int(p.stem.split("-")[1]))
+    """A run's checkpoints (in OUTPUT/checkpoints), the earliest step first."""
+    return checkpoint_files(out / CHECKPOINT_DIR)
+
+
+def append_csv_row(path: Path, row: dict, fields: list[str] | None = None) -> None:
+    """Append ``row`` to the CSV file ``path`` (columns ``fields``, else the row's keys), writing
+    the header first when the file is new."""
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(fields or row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
 
 
 def _bucket_names() -> list[str]:
@@ -319,8 +283,7 @@ class CsvLog:
             buckets.setdefault(conditioning.log_sigma_bucket(s), []).append(l)
         for b, ls in buckets.items():
             row[f"loss_sigma{b}"] = f"{sum(ls) / len(ls):.6g}"
-        with self.path.open("a", newline="") as f:
-            csv.DictWriter(f, fieldnames=self.fields).writerow(row)
+        append_csv_row(self.path, row, self.fields)
 
 
 def _rng_state() -> dict:
@@ -397,11 +360,11 @@ def check_config(cfg: TrainConfig) -> None:
     backward._check_variant(cfg.variant)
     if cfg.dual_pass not in DUAL_PASSES:
         raise InbetweeningError(f"--dual-pass must be one of {', '.join(DUAL_PASSES)}")
-    if cfg.cond_aug not in ("latent", "pixel"):
+    if cfg.cond_aug not in COND_AUGS:
         raise InbetweeningError("--cond-aug must be 'latent' or 'pixel'")
-    if cfg.mixed_precision not in (None, "no", "fp16", "bf16"):
+    if cfg.mixed_precision not in (None, *PRECISIONS):
         raise InbetweeningError("--mixed-precision must be no, fp16 or bf16")
-    if cfg.save_dtype not in ("fp32", "fp16", "bf16"):
+    if cfg.save_dtype not in SAVE_DTYPES:
         raise InbetweeningError("--save-dtype must be fp32, fp16 or bf16")
     for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints"):
         if getattr(cfg, name) < 1:
@@ -410,7 +373,9 @@ def check_config(cfg: TrainConfig) -> None:
         raise InbetweeningError("--lr and every sigma must be positive, --p-std not negative")
 
 
-def _start(cfg: TrainConfig, out: Path) -> Path | None:
+
+
+def _checkpoint_to_resume(cfg: TrainConfig, out: Path) -> Path | None:
     """The checkpoint to resume from, or None; refuses to clobber an earlier run."""
     found = checkpoints(out)
     if cfg.resume not in (None, "", "latest"):
@@ -420,9 +385,9 @@ def _start(cfg: TrainConfig, out: Path) -> Path | None:
         return path
     if cfg.resume == "latest":
         if not found:
-            print(f"note: no checkpoint in {out / 'checkpoints'}; starting from step 0")
+            print(f"note: no checkpoint in {out / CHECKPOINT_DIR}; starting from step 0")
         return found[-1] if found else None
-    if (found or (out / WEIGHTS_FILE).exists()) and not cfg.overwrite:
+    if (found or (out / backward.WEIGHTS_FILENAME).exists()) and not cfg.overwrite:
         raise InbetweeningError(f"{out} holds an earlier run; pass --resume to continue it or "
                                 "--overwrite to start again")
     return None
@@ -432,12 +397,12 @@ def _clear(out: Path) -> None:
     """What --overwrite replaces: this command's own files in OUTPUT, nothing else."""
     for p in checkpoints(out):
         p.unlink()
-    for name in (WEIGHTS_FILE, LOG_FILE):
+    for name in (backward.WEIGHTS_FILENAME, LOG_FILE):
         (out / name).unlink(missing_ok=True)
     shutil.rmtree(out / "samples", ignore_errors=True)
 
 
-# -- the loop --------------------------------------------------------------------------------------
+# -- the run ---------------------------------------------------------------------------------------
 
 
 def train(cfg: TrainConfig, pipe=None) -> Path:
@@ -447,39 +412,100 @@ def train(cfg: TrainConfig, pipe=None) -> Path:
     ``pipe``: an already loaded InbetweenPipeline to train on (its UNet is left unchanged; the
     backward weights are set on it); default: load ``cfg.model``.
     """
-    from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
     check_config(cfg)
+    accelerator = _accelerator(cfg)
     try:
-        accelerator = Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.mixed_precision)
-    except ValueError as e:  # an earlier Accelerator in this process fixed another precision
-        if "already been initialized" not in str(e):
-            raise
-        AcceleratorState._reset_state()
-        accelerator = Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.mixed_precision)
-    try:
-        return _train(cfg, accelerator, pipe)
+        return _train_in_this_process(cfg, accelerator, pipe)
     finally:
         if accelerator.num_processes == 1:  # let the next train() in this process choose again
             AcceleratorState._reset_state()
 
 
-def _train(cfg: TrainConfig, accelerator, pipe) -> Path:
-    from .data import ClipDataset
-    from .loading import parse_dtype
-    from .methods import layer_plans
+def _accelerator(cfg: TrainConfig):
+    """This process's Accelerator (one of several under torchrun / accelerate launch)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
-    main = accelerator.is_main_process
-    say = accelerator.print
+    try:
+        return Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.mixed_precision)
+    except ValueError as e:  # an earlier Accelerator in this process fixed another precision
+        if "already been initialized" not in str(e):
+            raise
+        AcceleratorState._reset_state()
+        return Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.mixed_precision)
+
+
+@dataclass
+class _Run:
+    """What this process's share of a training run holds."""
+
+    cfg: TrainConfig
+    accelerator: object
+    out: Path
+    pipe: object  # the frozen base, an InbetweenPipeline
+    base_name: str  # what the weights file records as the base model
+    objective: BackwardObjective
+    params: list[torch.nn.Parameter]  # the trainable backward weights (objective's parameters)
+    dataset: object  # inbetweening.data.ClipDataset
+    batches: Batches
+    frames: int
+    size: tuple[int, int]
+    model: object  # the objective as accelerate prepared it (DDP-wrapped with several processes)
+    optimizer: object
+    scheduler: object
+    step: int = 0  # optimizer steps done
+    elapsed: float = 0.0  # seconds spent in optimizer steps, over all resumed parts
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def say(self, *text) -> None:
+        self.accelerator.print(*text)
+
+
+def _train_in_this_process(cfg: TrainConfig, accelerator, pipe) -> Path:
+    """The run, as one of its processes (all of them run this)."""
     out = Path(cfg.output)
-    resume_from = _start(cfg, out)
-    if main and cfg.overwrite and resume_from is None:
+    resume_from = _checkpoint_to_resume(cfg, out)
+    if accelerator.is_main_process and cfg.overwrite and resume_from is None:
         _clear(out)
     accelerator.wait_for_everyone()
+    run = _set_up(cfg, accelerator, out, pipe)
+    if resume_from is not None:
+        _resume(run, resume_from)
+    _announce(run)
+    _loop(run)
+    _check_processes_agree(run)
+    if run.step < cfg.steps:
+        run.say(f"stopped after step {run.step} of {cfg.steps}; continue with --resume")
+        return checkpoints(out)[-1] if checkpoints(out) else out
+    return _save_weights(run)
 
-    # Model: frozen base, trainable backward weights (fp32) on the temporal attention processors.
-    mp = accelerator.mixed_precision
+
+def _set_up(cfg: TrainConfig, accelerator, out: Path, pipe) -> _Run:
+    """The model, the data and the optimizer of a fresh run."""
+    pipe, base_name = _frozen_base(cfg, accelerator, pipe)
+    weights = backward.init_backward_weights(pipe.unet, cfg.variant, torch.float32)
+    objective = _objective(cfg, pipe, weights, accelerator.device)
+    params = list(weights.values())
+    dataset, frames, size = _dataset(cfg, pipe)
+    encoder = ClipEncoder(pipe, dataset, cfg.cache_latents, keep_ends=cfg.cond_aug == "pixel")
+    batches = Batches(cfg, dataset, encoder, pipe, accelerator.process_index,
+                      accelerator.num_processes)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+                                  weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup) if cfg.warmup else 1.0)
+    model, optimizer = accelerator.prepare(objective, optimizer)
+    return _Run(cfg, accelerator, out, pipe, base_name, objective, params, dataset, batches,
+                frames, size, model, optimizer, scheduler)
+
+
+def _frozen_base(cfg: TrainConfig, accelerator, pipe) -> tuple[object, str]:
+    """The base model (``pipe``, else loaded), frozen, and the name its weights file records."""
     if cfg.model:
         base_name = str(cfg.model)
     elif pipe is None:
@@ -487,256 +513,178 @@ def _train(cfg: TrainConfig, accelerator, pipe) -> Path:
     else:
         base_name = getattr(pipe, "name_or_path", None) or "unknown"
     if pipe is None:
-        pipe = load_base(cfg, accelerator.device, _weight_dtype(mp))
+        pipe = load_base(cfg, accelerator.device, _weight_dtype(accelerator.mixed_precision))
     for part in (pipe.unet, pipe.vae, pipe.image_encoder):
         part.requires_grad_(False).eval()
     if cfg.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
-    weights = backward.init_backward_weights(pipe.unet, cfg.variant, torch.float32)
+    return pipe, base_name
+
+
+def _objective(cfg: TrainConfig, pipe, weights, device) -> BackwardObjective:
+    """The loss of the trainable backward ``weights`` (fp32, on the temporal attention
+    processors) with the frozen base."""
+    from .methods import layer_plans
+
     plans = layer_plans("gi", list(attention.temporal_attention_layers(pipe.unet)), cfg.variant)
     ids = conditioning.added_time_ids(cfg.fps, cfg.motion_bucket_id, cfg.noise_aug, 1,
-                                      device=accelerator.device)
+                                      device=device)
+    return BackwardObjective(pipe.unet, weights, plans, ids, cfg.dual_pass)
 
-    # Data.
+
+def _dataset(cfg: TrainConfig, pipe):
+    """The training clips, their frame count and their (width, height)."""
+    from .data import ClipDataset
+
     default_w, default_h = pipe.default_size()
     size = cfg.size or (default_w, default_h)
     frames = cfg.frames or pipe.unet.config.num_frames
-    dataset = ClipDataset(cfg.data, frames, size, cfg.stride)
-    encoder = ClipEncoder(pipe, dataset, cfg.cache_latents, keep_ends=cfg.cond_aug == "pixel")
-    batches = Batches(cfg, dataset, encoder, pipe, accelerator.process_index,
-                      accelerator.num_processes)
+    return ClipDataset(cfg.data, frames, size, cfg.stride), frames, size
 
-    objective = BackwardObjective(pipe.unet, weights, plans, ids, cfg.dual_pass)
-    params = list(weights.values())
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
-                                  weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup) if cfg.warmup else 1.0)
-    model, optimizer = accelerator.prepare(objective, optimizer)
 
-    step, elapsed = 0, 0.0
-    if resume_from is not None:
-        state = torch.load(resume_from, map_location="cpu", weights_only=True)
-        if list(state["weights"]) != objective.names:
-            raise InbetweeningError(f"{resume_from} holds weights of another model or variant")
-        with torch.no_grad():
-            for p, t in zip(params, state["weights"].values()):
-                p.copy_(t)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
-        step, elapsed = state["step"], state["elapsed"]
-        batches.offset = state["data"]["position"] - batches.position(step * cfg.grad_accum)
-        if state["data"]["clips"] != len(dataset):
-            say(f"note: the data set had {state['data']['clips']} clips at the checkpoint and "
-                f"has {len(dataset)} now; the clip order differs from an uninterrupted run")
-        say(f"resuming from {resume_from} (step {step})")
+def _resume(run: _Run, path: Path) -> None:
+    """Continue ``run`` from the checkpoint ``path``: weights, optimizer, schedule, random state
+    and the position in the data."""
+    cfg, batches = run.cfg, run.batches
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if list(state["weights"]) != run.objective.names:
+        raise InbetweeningError(f"{path} holds weights of another model or variant")
+    with torch.no_grad():
+        for p, t in zip(run.params, state["weights"].values()):
+            p.copy_(t)
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(state["rng"])
+    run.step, run.elapsed = state["step"], state["elapsed"]
+    batches.offset = state["data"]["position"] - batches.position(run.step * cfg.grad_accum)
+    if state["data"]["clips"] != len(run.dataset):
+        run.say(f"note: the data set had {state['data']['clips']} clips at the checkpoint and "
+                f"has {len(run.dataset)} now; the clip order differs from an uninterrupted run")
+    run.say(f"resuming from {path} (step {run.step})")
 
-    accum = cfg.grad_accum
-    say(f"data: {dataset.summary()}")
-    say(f"training {cfg.variant} backward weights ({sum(p.numel() for p in params):,} "
-        f"parameters) of {base_name} on {accelerator.num_processes} "
-        f"process(es), {accelerator.device}, batch {cfg.batch_size} x {accelerator.num_processes} "
-        f"processes x {accum} accumulation = {batches.global_batch * accum} clips per step, "
-        f"{size[0]}x{size[1]}, {frames} frames, mixed precision {mp}, dual pass {cfg.dual_pass}")
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-    log = CsvLog(out / LOG_FILE, step) if main else None
+
+def _announce(run: _Run) -> None:
+    cfg, acc = run.cfg, run.accelerator
+    run.say(f"data: {run.dataset.summary()}")
+    run.say(f"training {cfg.variant} backward weights ({sum(p.numel() for p in run.params):,} "
+            f"parameters) of {run.base_name} on {acc.num_processes} "
+            f"process(es), {acc.device}, batch {cfg.batch_size} x {acc.num_processes} "
+            f"processes x {cfg.grad_accum} accumulation = "
+            f"{run.batches.global_batch * cfg.grad_accum} clips per step, "
+            f"{run.size[0]}x{run.size[1]}, {run.frames} frames, mixed precision "
+            f"{acc.mixed_precision}, dual pass {cfg.dual_pass}")
+
+
+# -- the loop --------------------------------------------------------------------------------------
+
+
+def _loop(run: _Run) -> None:
+    """Optimizer steps until the run's end (``steps``, or ``stop_after``), logging each and
+    checkpointing and sampling as asked."""
+    cfg, acc = run.cfg, run.accelerator
+    if run.main:
+        run.out.mkdir(parents=True, exist_ok=True)
+    log = CsvLog(run.out / LOG_FILE, run.step) if run.main else None
     end = min(cfg.steps, cfg.stop_after) if cfg.stop_after else cfg.steps
-    bar = tqdm(total=cfg.steps, initial=step, desc="train", disable=not (main and cfg.progress),
-               dynamic_ncols=True)
-    while step < end:
+    bar = tqdm(total=cfg.steps, initial=run.step, desc="train",
+               disable=not (run.main and cfg.progress), dynamic_ncols=True)
+    while run.step < end:
         t0 = time.time()
-        losses, sigmas = [], []
-        for micro in range(accum):
-            batch = batches(step * accum + micro)
-            sync = micro == accum - 1
-            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                loss, per_sample = model(batch)
-                accelerator.backward(loss / accum)
-            losses.append(per_sample)
-            sigmas.append(batch["sigma"])
-        grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        elapsed += time.time() - t0
-        all_losses = accelerator.gather(torch.cat(losses)).float().cpu()
-        all_sigmas = accelerator.gather(torch.cat(sigmas)).float().cpu()
-        if main:
-            log.write(step, all_losses, all_sigmas, float(grad_norm), scheduler.get_last_lr()[0],
-                      elapsed)
+        losses, sigmas, grad_norm = _optimizer_step(run)
+        run.step += 1
+        run.elapsed += time.time() - t0
+        all_losses = acc.gather(losses).float().cpu()
+        all_sigmas = acc.gather(sigmas).float().cpu()
+        if run.main:
+            log.write(run.step, all_losses, all_sigmas, float(grad_norm),
+                      run.scheduler.get_last_lr()[0], run.elapsed)
             bar.update(1)
             bar.set_postfix(loss=f"{all_losses.mean().item():.4f}")
-        if step % cfg.checkpoint_every == 0 or step == end:
-            if main:
-                _save_checkpoint(out, step, elapsed, objective, optimizer, scheduler, batches,
-                                 cfg)
-            accelerator.wait_for_everyone()
-        if cfg.sample_every and (step % cfg.sample_every == 0 or step == cfg.steps):
-            if main:
-                sample = write_sample(pipe, dataset, cfg, out / "samples" / f"step-{step:07d}.mp4")
-                bar.write(f"step {step}: sample {sample}")
-            accelerator.wait_for_everyone()
+        _checkpoint_and_sample(run, end, bar)
     bar.close()
 
-    # One consistent weights file, written by the main process only.
-    digest = torch.stack([p.detach().double().sum() + p.detach().double().abs().sum()
-                          for p in params]).unsqueeze(0)
-    digests = accelerator.gather(digest.to(accelerator.device))
-    if not torch.equal(digests, digest.to(digests.device).expand_as(digests)):
-        raise RuntimeError("the processes ended with different weights")
-    if step < cfg.steps:
-        say(f"stopped after step {step} of {cfg.steps}; continue with --resume")
-        return checkpoints(out)[-1] if checkpoints(out) else out
-    path = out / WEIGHTS_FILE
-    if main:
-        meta = {"base_model": base_name, "num_frames": frames,
-                "size": f"{size[0]}x{size[1]}", "steps": step, "variant": cfg.variant,
-                "global_batch": batches.global_batch * accum, "lr": cfg.lr,
-                "trained_by": "inbetween train"}
-        backward.save_backward_weights(path, dict(zip(objective.names, params)), metadata=meta,
-                                       dtype=parse_dtype(cfg.save_dtype, torch.device("cpu")))
-        say(f"wrote {path} ({step} steps, {accelerator.num_processes} process(es) agreed on the "
-            f"weights)")
-    accelerator.wait_for_everyone()
-    return path
+
+def _optimizer_step(run: _Run):
+    """One optimizer step over ``grad_accum`` micro-batches; returns this process's per-sample
+    losses and sigmas, and the gradient norm before clipping."""
+    cfg, acc, accum = run.cfg, run.accelerator, run.cfg.grad_accum
+    losses, sigmas = [], []
+    for micro in range(accum):
+        batch = run.batches(run.step * accum + micro)
+        sync = micro == accum - 1
+        with contextlib.nullcontext() if sync else acc.no_sync(run.model):
+            loss, per_sample = run.model(batch)
+            acc.backward(loss / accum)
+        losses.append(per_sample)
+        sigmas.append(batch["sigma"])
+    grad_norm = acc.clip_grad_norm_(run.params, cfg.grad_clip)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return torch.cat(losses), torch.cat(sigmas), grad_norm
 
 
-def _save_checkpoint(out: Path, step: int, elapsed: float, objective, optimizer, scheduler,
-                     batches: Batches, cfg: TrainConfig) -> None:
-    position = batches.position(step * cfg.grad_accum)
+def _checkpoint_and_sample(run: _Run, end: int, bar) -> None:
+    """After a step: the checkpoint and the validation video, when due."""
+    cfg, step = run.cfg, run.step
+    if step % cfg.checkpoint_every == 0 or step == end:
+        if run.main:
+            _save_checkpoint(run)
+        run.accelerator.wait_for_everyone()
+    if cfg.sample_every and (step % cfg.sample_every == 0 or step == cfg.steps):
+        if run.main:
+            path = run.out / "samples" / f"step-{step:07d}.mp4"
+            sample = write_sample(run.pipe, run.dataset, cfg, path)
+            bar.write(f"step {step}: sample {sample}")
+        run.accelerator.wait_for_everyone()
+
+
+def _save_checkpoint(run: _Run) -> None:
+    cfg, batches, objective = run.cfg, run.batches, run.objective
+    position = batches.position(run.step * cfg.grad_accum)
     state = {
-        "step": step,
-        "elapsed": elapsed,
+        "step": run.step,
+        "elapsed": run.elapsed,
         "weights": {n: p.detach().cpu() for n, p in zip(objective.names, objective.weights)},
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
         "rng": _rng_state(),
         "data": {"position": position, "epoch": position // len(batches.dataset),
                  "clips": len(batches.dataset), "global_batch": batches.global_batch},
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
     }
-    atomic_torch_save(state, out / "checkpoints" / f"step-{step:07d}.pt")
-    for old in checkpoints(out)[:-cfg.keep_checkpoints]:
-        old.unlink()
+    atomic_torch_save(state, run.out / CHECKPOINT_DIR / f"step-{run.step:07d}.pt")
+    prune_checkpoints(run.out / CHECKPOINT_DIR, cfg.keep_checkpoints)
 
 
-# -- command line ----------------------------------------------------------------------------------
-
-EPILOG = """\
-Several processes (data parallel; --batch-size is per process):
-  on the CPU:   torchrun --nproc_per_node 2 -m inbetweening.cli train --device cpu ARGS...
-           or:  accelerate launch --multi_gpu --num_processes 2 -m inbetweening.cli train \\
-                  --device cpu ARGS...
-                (accelerate's --cpu flag alone starts ONE process unless MPI is set up)
-  on N GPUs:    accelerate launch --multi_gpu --num_processes N -m inbetweening.cli train ARGS...
-Only the main process writes files. Published recipe: 14-frame SVD img2vid, --frames 14
---stride 2 --size 1024x576, ~15k steps at batch 4 on 4 GPUs, --mixed-precision fp16.
-"""
+# -- the result ------------------------------------------------------------------------------------
 
 
-def _run(args) -> None:
-    from .loading import parse_size
-
-    sigma_set = None
-    if args.sigma_set:
-        try:
-            sigma_set = tuple(float(v) for v in args.sigma_set.split(","))
-        except ValueError:
-            raise InbetweeningError(f"--sigma-set takes numbers like 0.5,1,2, not "
-                                    f"{args.sigma_set!r}") from None
-    cfg = TrainConfig(
-        data=args.data, output=args.output, model=args.model, variant=args.variant,
-        frames=args.frames, stride=args.stride, size=parse_size(args.size), steps=args.steps,
-        batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-        weight_decay=args.weight_decay, grad_clip=args.grad_clip, warmup=args.warmup,
-        p_mean=args.p_mean, p_std=args.p_std, sigma_set=sigma_set, fps=args.fps,
-        motion_bucket_id=args.motion_bucket_id, noise_aug=args.noise_aug, cond_aug=args.cond_aug,
-        dual_pass="reference" if args.reference else args.dual_pass,
-        mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
-        cache_latents=not args.no_cache, device=args.device, seed=args.seed,
-        checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
-        sample_every=args.sample_every, sample_steps=args.sample_steps,
-        save_dtype=args.save_dtype, resume=args.resume, overwrite=args.overwrite,
-        stop_after=args.stop_after, progress=not args.no_progress)
-    train(cfg)
+def _check_processes_agree(run: _Run) -> None:
+    """Every process must end with the same weights (a digest of them, gathered)."""
+    acc = run.accelerator
+    digest = torch.stack([p.detach().double().sum() + p.detach().double().abs().sum()
+                          for p in run.params]).unsqueeze(0)
+    digests = acc.gather(digest.to(acc.device))
+    if not torch.equal(digests, digest.to(digests.device).expand_as(digests)):
+        raise RuntimeError("the processes ended with different weights")
 
 
-def add_command(sub) -> None:
-    import argparse
+def _save_weights(run: _Run) -> Path:
+    """One consistent weights file, written by the main process only; returns its path."""
+    from .loading import parse_dtype
 
-    d = TrainConfig()
-    p = sub.add_parser(
-        "train", help="fine-tune backward weights on your clips (the paper's Alg. 1)",
-        description="Backward-motion fine-tuning: train the backward weights of a base SVD model "
-                    "on a folder of videos (mp4/webm/gif/mov) or frame folders. Writes "
-                    "OUTPUT/backward.safetensors for `inbetween interpolate --backward`, "
-                    "checkpoints, log.csv and validation samples.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="folder of videos or frame folders")
-    p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument("--model", default=None,
-                   help="base: diffusers SVD folder or hub id (default: the bundled toy model)")
-    p.add_argument("--variant", default=d.variant, choices=list(backward.VARIANTS),
-                   help="rotation (the paper) or no-rotation (its 'w/o RA' ablation: q, k, v, o "
-                        "trained, no maps)")
-    g = p.add_argument_group("data")
-    g.add_argument("--frames", type=int, default=None,
-                   help="frames per clip (default: the model's)")
-    g.add_argument("--stride", type=int, default=d.stride, help=f"default {d.stride}")
-    g.add_argument("--size", default=None, help="WxH, multiples of 64 (default: the model's)")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps ({d.steps})")
-    g.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help="clips per process per micro-step")
-    g.add_argument("--grad-accum", type=int, default=d.grad_accum,
-                   help="micro-steps per optimizer step")
-    g.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate ({d.lr:g})")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    g.add_argument("--grad-clip", type=float, default=d.grad_clip)
-    g.add_argument("--warmup", type=int, default=d.warmup, help="linear warm-up steps")
-    g.add_argument("--seed", type=int, default=d.seed)
-    g = p.add_argument_group("noise and conditioning")
-    g.add_argument("--p-mean", type=float, default=d.p_mean, help="ln(sigma) mean")
-    g.add_argument("--p-std", type=float, default=d.p_std, help="ln(sigma) std")
-    g.add_argument("--sigma-set", default=None, help="draw sigma from these values (e.g. 0.5,1,2)")
-    g.add_argument("--fps", type=int, default=d.fps)
-    g.add_argument("--motion-bucket-id", type=int, default=d.motion_bucket_id)
-    g.add_argument("--noise-aug", type=float, default=d.noise_aug)
-    g.add_argument("--cond-aug", default=d.cond_aug, choices=["latent", "pixel"],
-                   help="add the conditioning noise to the latent (published training) or to "
-                        "the pixels before the VAE (as SVD samples)")
-    g = p.add_argument_group("machinery")
-    g.add_argument("--dual-pass", default=d.dual_pass, choices=list(DUAL_PASSES),
-                   help="split: no-grad forward call + backward call on its flipped Q, K; "
-                        "fused: one UNet call for both; reference: explicit maps")
-    g.add_argument("--reference", action="store_true",
-                   help="the paper's literal two-call version (= --dual-pass reference)")
-    g.add_argument("--mixed-precision", default=None, choices=["no", "fp16", "bf16"],
-                   help="frozen weights and compute in fp16/bf16, backward weights in fp32 "
-                        "(default: accelerate's setting, else no)")
-    g.add_argument("--gradient-checkpointing", action="store_true")
-    g.add_argument("--no-cache", action="store_true",
-                   help="encode clips at every step instead of once")
-    g.add_argument("--device", default=None, choices=["cpu", "cuda"],
-                   help="default: cuda if available")
-    g = p.add_argument_group("bookkeeping")
-    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
-                   help=f"steps between checkpoints (default {d.checkpoint_every})")
-    g.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,
-                   help=f"checkpoints kept (default {d.keep_checkpoints})")
-    g.add_argument("--sample-every", type=int, default=None,
-                   help="validation video every N steps (default: --checkpoint-every; 0: never)")
-    g.add_argument("--sample-steps", type=int, default=None,
-                   help="denoising steps of the validation video")
-    g.add_argument("--save-dtype", default=d.save_dtype, choices=["fp32", "fp16", "bf16"],
-                   help="dtype of backward.safetensors (default fp32)")
-    g.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
-                   help="continue from the latest checkpoint in OUTPUT, or from this one")
-    g.add_argument("--overwrite", action="store_true", help="start again over an earlier run")
-    g.add_argument("--stop-after", type=int, default=None,
-                   help="end this run after this step (checkpointed); continue with --resume")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_run)
+    cfg, acc = run.cfg, run.accelerator
+    path = run.out / backward.WEIGHTS_FILENAME
+    if run.main:
+        meta = {"base_model": run.base_name, "num_frames": run.frames,
+                "size": f"{run.size[0]}x{run.size[1]}", "steps": run.step,
+                "variant": cfg.variant, "global_batch": run.batches.global_batch * cfg.grad_accum,
+                "lr": cfg.lr, "trained_by": "inbetween train"}
+        backward.save_backward_weights(path, dict(zip(run.objective.names, run.params)),
+                                       metadata=meta,
+                                       dtype=parse_dtype(cfg.save_dtype, torch.device("cpu")))
+        run.say(f"wrote {path} ({run.step} steps, {acc.num_processes} process(es) agreed on the "
+                f"weights)")
+    acc.wait_for_everyone()
+    return path

@@ -1,0 +1,131 @@
+"""The options of backward-motion fine-tuning (:mod:`inbetweening.training`): one typed
+description, whose fields' ``metadata`` also describe them on the command line (``inbetween
+train`` derives its options from it, see :mod:`inbetweening.commands.args`).
+
+The defaults are the published recipe where it has one (see ../shared/notes/published-recipe.md).
+This module imports no deep-learning library, so the command line can describe it at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .options import parse_size
+from .utils import InbetweeningError
+
+DUAL_PASSES = ("split", "fused", "reference")  # see inbetweening.training's docstring
+VARIANTS = ("rotation", "no-rotation")  # the keys of backward.VARIANTS (a test holds them equal)
+COND_AUGS = ("latent", "pixel")
+PRECISIONS = ("no", "fp16", "bf16")
+SAVE_DTYPES = ("fp32", "fp16", "bf16")
+
+
+def parse_sigma_set(text: str | None) -> tuple[float, ...] | None:
+    """'0.5,1,2' -> (0.5, 1.0, 2.0); None or '' -> None."""
+    if text in (None, ""):
+        return None
+    try:
+        return tuple(float(v) for v in str(text).split(","))
+    except ValueError:
+        raise InbetweeningError(f"--sigma-set takes numbers like 0.5,1,2, not {text!r}") from None
+
+
+def _opt(text: str, **more) -> dict:
+    """A field's command-line description (see inbetweening.commands.args)."""
+    return {"help": text, **more}
+
+
+@dataclass
+class TrainConfig:
+    data: str | None = field(default=None, metadata=_opt(  # see inbetweening.data
+        "folder of videos or frame folders", required=True))
+    output: str = field(default="runs/backward", metadata=_opt(
+        "output folder: gets backward.safetensors, checkpoints/, log.csv, samples/",
+        short="-o", required=True))
+    model: str | None = field(default=None, metadata=_opt(
+        "base: diffusers SVD folder or hub id (default: the bundled toy model)"))
+    variant: str = field(default="rotation", metadata=_opt(
+        "rotation (the paper) or no-rotation (its 'w/o RA' ablation: q, k, v, o trained, no "
+        "maps)", choices=VARIANTS))
+    # data
+    frames: int | None = field(default=None, metadata=_opt(
+        "frames per clip (default: the model's)", group="data"))
+    stride: int = field(default=2, metadata=_opt("take every stride-th frame", group="data"))
+    size: tuple[int, int] | None = field(default=None, metadata=_opt(  # (width, height)
+        "WxH, multiples of 64 (default: the model's)", parse=parse_size, group="data"))
+    # optimisation
+    steps: int = field(default=15_000, metadata=_opt("optimizer steps", group="optimisation"))
+    batch_size: int = field(default=1, metadata=_opt(
+        "clips per process per micro-step", group="optimisation"))
+    grad_accum: int = field(default=1, metadata=_opt(
+        "micro-steps per optimizer step", group="optimisation"))
+    lr: float = field(default=1e-4, metadata=_opt("AdamW learning rate", group="optimisation"))
+    betas: tuple[float, float] = field(default=(0.9, 0.999), metadata=_opt(
+        "AdamW betas", cli=False))
+    weight_decay: float = field(default=1e-2, metadata=_opt(
+        "AdamW weight decay", group="optimisation"))
+    eps: float = field(default=1e-8, metadata=_opt("AdamW eps", cli=False))
+    grad_clip: float = field(default=1.0, metadata=_opt(
+        "clip the gradient norm to this", group="optimisation"))
+    warmup: int = field(default=0, metadata=_opt(
+        "linear warm-up steps (0: constant lr, as published)", group="optimisation"))
+    # noise and conditioning
+    p_mean: float = field(default=0.7, metadata=_opt(  # ln(sigma) ~ N(p_mean, p_std^2)
+        "ln(sigma) mean", group="noise and conditioning"))
+    p_std: float = field(default=1.6, metadata=_opt(
+        "ln(sigma) std", group="noise and conditioning"))
+    sigma_set: tuple[float, ...] | None = field(default=None, metadata=_opt(
+        "draw sigma from these values (e.g. 0.5,1,2)", parse=parse_sigma_set,
+        group="noise and conditioning"))
+    fps: int = field(default=7, metadata=_opt(
+        "frame-rate conditioning (the UNet sees fps - 1)", group="noise and conditioning"))
+    motion_bucket_id: int = field(default=127, metadata=_opt(
+        "SVD's motion-bucket conditioning", group="noise and conditioning"))
+    noise_aug: float = field(default=0.02, metadata=_opt(
+        "noise augmentation of the conditioning frames", group="noise and conditioning"))
+    cond_aug: str = field(default="latent", metadata=_opt(
+        "add the conditioning noise to the latent (published training) or to the pixels before "
+        "the VAE (as SVD samples)", choices=COND_AUGS, group="noise and conditioning"))
+    # machinery
+    dual_pass: str = field(default="split", metadata=_opt(
+        "split: no-grad forward call + backward call on its flipped Q, K; fused: one UNet call "
+        "for both; reference: explicit maps", choices=DUAL_PASSES, group="machinery"))
+    mixed_precision: str | None = field(default=None, metadata=_opt(
+        "frozen weights and compute in fp16/bf16, backward weights in fp32 (default: "
+        "accelerate's setting, else no)", choices=PRECISIONS, group="machinery"))
+    gradient_checkpointing: bool = field(default=False, metadata=_opt(
+        "recompute the UNet's activations in the backward pass, to save memory",
+        group="machinery"))
+    cache_latents: bool = field(default=True, metadata=_opt(  # encode each clip once (VAE, CLIP)
+        "encode clips at every step instead of once", negate="--no-cache", group="machinery"))
+    device: str | None = field(default=None, metadata=_opt(
+        "default: cuda if available", choices=("cpu", "cuda"), group="machinery"))
+    seed: int = field(default=0, metadata=_opt(
+        "seed of the clip order, noise levels and noise", group="optimisation"))
+    # bookkeeping
+    checkpoint_every: int = field(default=500, metadata=_opt(
+        "steps between checkpoints", group="bookkeeping"))
+    keep_checkpoints: int = field(default=2, metadata=_opt(
+        "checkpoints kept", group="bookkeeping"))
+    sample_every: int | None = field(default=None, metadata=_opt(  # None: checkpoint_every
+        "validation video every N steps (default: --checkpoint-every; 0: never)",
+        group="bookkeeping"))
+    sample_steps: int | None = field(default=None, metadata=_opt(
+        "denoising steps of the validation video (default: the model's recommendation, else "
+        "25)", group="bookkeeping"))
+    save_dtype: str = field(default="fp32", metadata=_opt(
+        "dtype of backward.safetensors", choices=SAVE_DTYPES, group="bookkeeping"))
+    resume: str | None = field(default=None, metadata=_opt(  # "latest" or a checkpoint file
+        "continue from the latest checkpoint in OUTPUT, or from this one", nargs="?",
+        const="latest", metavar="CHECKPOINT", group="bookkeeping"))
+    overwrite: bool = field(default=False, metadata=_opt(
+        "start again over an earlier run", group="bookkeeping"))
+    stop_after: int | None = field(default=None, metadata=_opt(
+        "end this run after this step (checkpointed); continue with --resume",
+        group="bookkeeping"))
+    progress: bool = field(default=True, metadata=_opt(
+        "no progress bar", negate="--no-progress", group="bookkeeping"))
+
+    def __post_init__(self):
+        if self.sample_every is None:
+            self.sample_every = self.checkpoint_every
