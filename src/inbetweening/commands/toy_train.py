@@ -1,10 +1,10 @@
-"""Train the toy models from scratch: fit the autoencoder, then train the forward image-to-video
-UNet (with its CLIP image encoder), then the backward weights with the product's own fine-tuning
-command.
+r"""Train the toy models (:mod:`inbetweening.toy`) from scratch: fit the autoencoder, then train
+the forward image-to-video UNet (with its CLIP image encoder), then the backward weights with the
+product's own fine-tuning (:func:`inbetweening.training.train`).
 
-    python -m inbetweening.toy.train --out runs/toy            # every stage, resumable
-    python -m inbetweening.toy.train --out runs/toy --stage vae
-    python -m inbetweening.toy.train --out runs/ambiguous --world ambiguous \
+    python -m inbetweening.commands.toy_train --out runs/toy            # every stage, resumable
+    python -m inbetweening.commands.toy_train --out runs/toy --stage vae
+    python -m inbetweening.commands.toy_train --out runs/ambiguous --world ambiguous \
         --init src/inbetweening/toy/model --forward-steps 5000   # start from the bundled model
 
 Each stage checkpoints every ``--checkpoint-every`` steps and resumes from its last checkpoint
@@ -33,9 +33,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .. import conditioning as cond
+from ..backward import WEIGHTS_FILENAME, load_backward_weights_file, save_backward_weights
+from ..toy import models
+from ..toy.world import WORLDS, WorldConfig, make_clips
+from ..training import (
+    TrainConfig, append_csv_row, checkpoint_files, prune_checkpoints, train,
+)
 from ..utils import atomic_path, atomic_torch_save
-from . import models
-from .world import WORLDS, WorldConfig, make_clips
 
 TRAIN_SEED = 0  # the training stream of the toy world; held-out seeds are >= world.HELD_OUT_SEED
 
@@ -66,26 +70,6 @@ class ForwardConfig:
     checkpoint_every: int = 100
 
 
-def _log_row(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            w.writeheader()
-        w.writerow(row)
-
-
-def _latest(ckpt_dir: Path) -> Path | None:
-    cks = sorted(ckpt_dir.glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
-    return cks[-1] if cks else None
-
-
-def _prune(ckpt_dir: Path, keep: int = 2) -> None:
-    cks = sorted(ckpt_dir.glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
-    for p in cks[:-keep]:
-        p.unlink()
-
-
 def fit_autoencoder(out: Path, cfg: AutoencoderConfig, world: WorldConfig,
                     init: Path | None = None) -> None:
     """The toy autoencoder: principal components of 8x8 patches of toy frames (see
@@ -96,7 +80,7 @@ def fit_autoencoder(out: Path, cfg: AutoencoderConfig, world: WorldConfig,
         print("autoencoder: done already, skipping")
         return
     if init is not None:
-        from .autoencoder import PatchAutoencoder
+        from ..toy.autoencoder import PatchAutoencoder
 
         with atomic_path(out / "vae") as tmp:
             PatchAutoencoder.from_pretrained(init / "vae").float().save_pretrained(tmp)
@@ -202,7 +186,7 @@ def train_forward(out: Path, cfg: ForwardConfig, world: WorldConfig, device: str
     if (out / "unet" / "config.json").exists():
         print("forward: done already, skipping")
         return
-    from .autoencoder import PatchAutoencoder
+    from ..toy.autoencoder import PatchAutoencoder
 
     ckpt_dir = out / "checkpoints" / "forward"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -216,8 +200,8 @@ def train_forward(out: Path, cfg: ForwardConfig, world: WorldConfig, device: str
     ema_unet, ema_encoder = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(
         encoder).requires_grad_(False)
     step, elapsed = 0, 0.0
-    if (ck := _latest(ckpt_dir)) is not None:
-        state = torch.load(ck, weights_only=True, map_location=device)
+    if found := checkpoint_files(ckpt_dir):
+        state = torch.load(found[-1], weights_only=True, map_location=device)
         unet.load_state_dict(state["unet"])
         encoder.load_state_dict(state["encoder"])
         ema_unet.load_state_dict(state["ema_unet"])
@@ -248,7 +232,7 @@ def train_forward(out: Path, cfg: ForwardConfig, world: WorldConfig, device: str
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.bf16):
             emb = cond.clip_embedding(encoder, extractor, first) * keep.view(b, 1, 1)
             cond_latent = cond_latent * keep.view(b, 1, 1, 1)
-            inp = torch.cat([c_in * noisy, cond_latent.unsqueeze(1).expand(-1, f, -1, -1, -1)], 2)
+            inp = cond.unet_input(noisy, c_in, cond_latent)
             v = unet(inp, c_noise.flatten(), emb, ids).sample.float()
         denoised = c_skip * noisy + c_out * v
         per_sample = ((denoised - z) ** 2).mean(dim=(1, 2, 3, 4)) * cond.loss_weight(sigma)
@@ -275,14 +259,14 @@ def train_forward(out: Path, cfg: ForwardConfig, world: WorldConfig, device: str
         for s, l in zip(sigma.tolist(), per_sample.tolist()):
             row.setdefault("sigmas", []).append(f"{s:.4g}:{l:.4g}")
         row["sigmas"] = " ".join(row["sigmas"])
-        _log_row(out / "forward_log.csv", row)
+        append_csv_row(out / "forward_log.csv", row)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             atomic_torch_save({"unet": unet.state_dict(), "encoder": encoder.state_dict(),
                                "ema_unet": ema_unet.state_dict(),
                                "ema_encoder": ema_encoder.state_dict(),
                                "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed},
                               ckpt_dir / f"step-{step}.pt")
-            _prune(ckpt_dir)
+            prune_checkpoints(ckpt_dir, keep=2)
     bar.close()
     for name, model in (("unet", ema_unet), ("image_encoder", ema_encoder)):
         with atomic_path(out / name) as tmp:
@@ -336,11 +320,9 @@ def write_clips(folder: Path, count: int, world: WorldConfig, seed: int = TRAIN_
 
 def train_backward(out: Path, cfg: BackwardConfig, world: WorldConfig, device: str = "cpu") -> None:
     """Fine-tune the toy model's backward weights with ``inbetweening.training.train``."""
-    if (out / "backward.safetensors").exists():
+    if (out / WEIGHTS_FILENAME).exists():
         print("backward: done already, skipping")
         return
-    from ..training import TrainConfig, train
-
     data = write_clips(out / "backward_data", cfg.clips, world)
     t0 = time.time()
     result = train(TrainConfig(
@@ -348,7 +330,7 @@ def train_backward(out: Path, cfg: BackwardConfig, world: WorldConfig, device: s
         stride=1, size=(world.size, world.size), steps=cfg.steps, batch_size=cfg.batch,
         lr=cfg.lr, p_mean=cfg.p_mean, p_std=cfg.p_std, checkpoint_every=cfg.checkpoint_every,
         sample_every=cfg.sample_every, device=device, seed=0, resume="latest"))
-    shutil.copyfile(result, out / "backward.safetensors")
+    shutil.copyfile(result, out / WEIGHTS_FILENAME)
     _write_stage_report(out, "backward", {"steps": cfg.steps, "seconds": time.time() - t0,
                                           "note": "seconds of this run (a resumed run counts "
                                                   "only its own)", "config": asdict(cfg)})
@@ -381,16 +363,15 @@ def bundle(out: Path, dest: Path = models.BUNDLED_MODEL) -> Path:
     from diffusers import EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-    from ..backward import load_backward_weights_file, save_backward_weights
-    from .autoencoder import PatchAutoencoder
+    from ..toy.autoencoder import PatchAutoencoder
 
     classes = {"vae": PatchAutoencoder, "unet": UNetSpatioTemporalConditionModel,
                "image_encoder": CLIPVisionModelWithProjection,
                "feature_extractor": CLIPImageProcessor, "scheduler": EulerDiscreteScheduler}
     missing = [c for c in COMPONENTS if not (out / c).is_dir()]
-    if missing or not (out / "backward.safetensors").is_file():
-        raise SystemExit(f"cannot bundle {out}: missing {missing or ['backward.safetensors']}")
-    tensors, meta = load_backward_weights_file(out / "backward.safetensors")
+    if missing or not (out / WEIGHTS_FILENAME).is_file():
+        raise SystemExit(f"cannot bundle {out}: missing {missing or [WEIGHTS_FILENAME]}")
+    tensors, meta = load_backward_weights_file(out / WEIGHTS_FILENAME)
     with atomic_path(dest) as tmp:  # replaces an earlier bundle in one move
         tmp.mkdir(parents=True)
         for name, cls in classes.items():
@@ -399,7 +380,7 @@ def bundle(out: Path, dest: Path = models.BUNDLED_MODEL) -> Path:
                 part = part.to(torch.float16)
             part.save_pretrained(tmp / name)
         _write_model_index(tmp)
-        save_backward_weights(tmp / "backward.safetensors", tensors, metadata=meta,
+        save_backward_weights(tmp / WEIGHTS_FILENAME, tensors, metadata=meta,
                               dtype=torch.float16)
         (tmp / "inbetweening.json").write_text(json.dumps(TOY_DEFAULTS, indent=2) + "\n")
     size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
