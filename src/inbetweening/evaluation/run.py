@@ -102,11 +102,22 @@ def _prepare_results_folder(out: Path, settings: Settings, overwrite: bool) -> N
     write_json(out / SETTINGS, settings.as_dict())
 
 
+def _done(out: Path, method: str, pair_id: str) -> bool:
+    """Whether the record of (method, pair) is there and readable (a damaged one is redone)."""
+    path = record_path(out, method, pair_id)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("pair") == pair_id and video_path(
+        out, method, pair_id).is_file()
+
+
 def _run_pairs(out, bset, methods, pipe, options, seed, nets, state, quiet, on_record) -> int:
     """Generate and score this process's share of the (pair, method) records still to do."""
     from tqdm.auto import tqdm
 
-    todo = [(p, m) for p in bset.pairs for m in methods if not record_path(out, m, p.id).is_file()]
+    todo = [(p, m) for p in bset.pairs for m in methods if not _done(out, m, p.id)]
     mine = todo[state.process_index::state.num_processes]
     done = len(bset.pairs) * len(methods) - len(todo)
     if state.is_main_process and done and not quiet:

@@ -91,10 +91,53 @@ def load_set(path: str | Path) -> BenchmarkSet:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise InbetweeningError(f"{manifest_path} names missing files: "
                                 f"{', '.join(missing[:3])}{more}")
-    if kind == "toy" and any(not p.sprites for p in pairs):
-        raise InbetweeningError(f"{manifest_path}: a toy set needs the sprites of every pair")
+    if kind == "toy":
+        for pair in pairs:
+            _check_sprites(manifest_path, pair, frames)
+    for pair in pairs:
+        _check_clip(manifest_path, pair, frames, width, height)
     return BenchmarkSet(root=root, kind=kind, frames=frames, width=width, height=height,
                         pairs=pairs, digest=hashlib.sha256(text).hexdigest()[:16])
+
+
+def _check_sprites(manifest_path: Path, pair: Pair, frames: int) -> None:
+    """A toy pair's ground truth: each vehicle's colour, heading and a centre per frame."""
+    def bad(what):
+        return InbetweeningError(f"{manifest_path}: pair {pair.id}: {what}")
+
+    if not isinstance(pair.sprites, list) or not pair.sprites:
+        raise bad("a toy set needs the sprites of every pair")
+    for s in pair.sprites:
+        if not isinstance(s, dict) or not {"color", "heading", "centers"} <= set(s):
+            raise bad("each sprite needs color, heading and centers")
+        try:
+            color = np.asarray(s["color"], dtype=float)
+            centers = np.asarray(s["centers"], dtype=float)
+            float(s["heading"])
+        except (TypeError, ValueError):
+            raise bad("sprite values must be numbers") from None
+        if color.shape != (3,) or centers.shape != (frames, 2) or not (
+                np.isfinite(color).all() and np.isfinite(centers).all()):
+            raise bad(f"each sprite needs an RGB color and {frames} (x, y) centers")
+
+
+def _check_clip(manifest_path: Path, pair: Pair, frames: int, width: int, height: int) -> None:
+    """The true clip has the set's frame count and size (checked on its PNG frames' headers),
+    so a run does not stop half-way on a pair that cannot be scored."""
+    if not pair.clip.is_dir():
+        return  # a video file: checked when it is read
+    files = sorted(p for p in pair.clip.iterdir() if p.suffix.lower() in media.IMAGE_SUFFIXES)
+    size = None
+    if files:
+        try:
+            with PIL.Image.open(files[0]) as im:
+                size = im.size
+        except (OSError, ValueError):
+            size = None
+    if len(files) != frames or size != (width, height):
+        raise InbetweeningError(f"{manifest_path}: pair {pair.id}: the true clip has "
+                                f"{len(files)} frames of {size}; the set says {frames} of "
+                                f"{(width, height)}")
 
 
 def _write_pair(folder: Path, pair_id: str, frames: np.ndarray) -> dict:

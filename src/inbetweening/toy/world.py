@@ -85,13 +85,6 @@ class Clips:
     def __len__(self) -> int:
         return self.video.shape[0]
 
-    def __getitem__(self, i: int) -> "Clips":
-        return Clips(
-            self.video[i : i + 1], self.centers[i : i + 1], self.headings[i : i + 1],
-            self.speeds[i : i + 1], self.colors[i : i + 1], self.present[i : i + 1],
-            self.seeds[i : i + 1],
-        )
-
     def reversed(self) -> "Clips":
         """The same clips played backwards (what a forward model should never produce)."""
         return Clips(
@@ -166,6 +159,22 @@ def _render(background: torch.Tensor, centers: torch.Tensor, headings: torch.Ten
     return F.avg_pool2d(frames, s)
 
 
+def view_margin(cfg: WorldConfig) -> float:
+    """How far a vehicle's centre keeps from the frame's edges when it must stay in view."""
+    return math.hypot(cfg.length, cfg.width) / 2 + 1
+
+
+def why_not_in_view(cfg: WorldConfig) -> str | None:
+    """Why no vehicle of ``cfg`` can stay in view for the whole clip, or None if one can."""
+    travel = (cfg.frames - 1) * cfg.speed_range()[0]
+    room = cfg.size - 2 * view_margin(cfg)
+    if travel > room:
+        return (f"over {cfg.frames} frames even the slowest vehicle drives {travel:.0f} px, more "
+                f"than the {max(room, 0):.0f} px a {cfg.size}x{cfg.size} frame has room for; use "
+                "fewer frames or a larger size")
+    return None
+
+
 def make_clip(seed: int, index: int, cfg: WorldConfig = WorldConfig(), *,
               stay_in_view: bool = False, max_tries: int = 20_000) -> Clips:
     """Clip ``index`` of ``seed``. With ``stay_in_view`` the vehicles stay wholly in frame and apart
@@ -176,7 +185,9 @@ def make_clip(seed: int, index: int, cfg: WorldConfig = WorldConfig(), *,
     n = int(torch.randint(cfg.min_sprites, cfg.max_sprites + 1, (1,), generator=g))
     colors = _sprite_colors(g, n)
     steps = torch.arange(cfg.frames, dtype=torch.float64)
-    margin = math.hypot(cfg.length, cfg.width) / 2 + 1
+    margin = view_margin(cfg)
+    if stay_in_view and (why := why_not_in_view(cfg)):
+        raise ValueError(why)
     for _ in range(max_tries):
         headings = _uniform(g, 0, 2 * math.pi, n)
         speeds = _speeds(g, cfg, n)

@@ -1,0 +1,87 @@
+"""Bad sets and damaged results folders are answered before any work, in one line, and leave no
+results folder behind; a damaged record is redone, not trusted; impossible toy sets are refused at
+once (they used to retry for ever)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from inbetweening import cli, evaluation
+
+
+@pytest.fixture(scope="module")
+def toy_set(tmp_path_factory):
+    return evaluation.make_toy_set(tmp_path_factory.mktemp("sets") / "toy", 2, frames=5)
+
+
+def one_error(capsys, argv) -> str:
+    code = cli.main([str(a) for a in argv])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: "), (code, err)
+    return err[0]
+
+
+def broken_copy(toy_set, tmp_path, edit):
+    bad = tmp_path / "bad-set"
+    shutil.copytree(toy_set, bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    edit(manifest, bad)
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    return bad
+
+
+def drop_centers(m, folder):
+    del m["pairs"][1]["sprites"][0]["centers"]
+
+
+def short_centers(m, folder):
+    m["pairs"][0]["sprites"][0]["centers"] = m["pairs"][0]["sprites"][0]["centers"][:2]
+
+
+def lose_a_frame(m, folder):
+    frames = sorted((folder / m["pairs"][1]["clip"]).iterdir())
+    frames[-1].unlink()
+
+
+@pytest.mark.parametrize("edit, words", [(drop_centers, "centers"),
+                                         (short_centers, "centers"),
+                                         (lose_a_frame, "the true clip has 4 frames")])
+def test_a_broken_set_is_refused_before_any_work(edit, words, toy_set, tmp_path, capsys):
+    bad = broken_copy(toy_set, tmp_path, edit)
+    line = one_error(capsys, ["evaluate", bad, "--methods", "crossfade", "--out",
+                              tmp_path / "res"])
+    assert words in line
+    assert not (tmp_path / "res").exists()
+
+
+def test_damaged_settings_are_refused_and_a_damaged_record_is_redone(toy_set, tmp_path, capsys):
+    out = tmp_path / "res"
+    argv = ["evaluate", toy_set, "--methods", "crossfade", "--out", out]
+    assert cli.main([str(a) for a in argv]) == 0
+    first = json.loads((out / "metrics.json").read_text())
+    record = next((out / "records" / "crossfade").iterdir())
+    record.write_text('{"pair": ')  # cut short
+    assert cli.main([str(a) for a in argv]) == 0
+    assert json.loads((out / "metrics.json").read_text()) == first
+    (out / "settings.json").write_text("{not json")
+    capsys.readouterr()
+    assert "settings.json" in one_error(capsys, argv)
+
+
+@pytest.mark.parametrize("frames", ["40", "100000"])
+def test_a_toy_set_that_cannot_be_made_is_refused_at_once(frames, tmp_path, capsys):
+    line = one_error(capsys, ["benchmark", "toy", "--n", "1", "--frames", frames, "--out",
+                              tmp_path / "set"])
+    assert "cannot make toy pairs" in line and "room" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_ambiguous_toy_set_records_its_world(tmp_path):
+    out = evaluation.make_toy_set(tmp_path / "amb", 2, world_name="ambiguous")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["world"] == "ambiguous"
+    speeds = [s["speed"] for p in manifest["pairs"] for s in p["sprites"]]
+    assert all(s < 1.5 or s > 3.5 for s in speeds)  # slow or fast, nothing between
