@@ -17,7 +17,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from . import attention
-from .conditioning import edm_scalings
+from .conditioning import edm_scalings, unet_input
 from .methods import is_dual
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -247,10 +247,9 @@ class InbetweenDenoiser:
             self.latents.append(torch.cat([torch.zeros_like(lat), lat]) if cfg else lat)
 
     def _unet(self, x_rows, sigma, embeds, latents):
-        f = x_rows.shape[1]
         c_in, _, _, c_noise = edm_scalings(sigma)
         dtype = self.unet.dtype
-        inp = torch.cat([c_in * x_rows, latents.unsqueeze(1).expand(-1, f, -1, -1, -1)], dim=2)
+        inp = unet_input(x_rows, c_in, latents)
         t = c_noise.reshape(1).to(x_rows.device)
         out = self.unet(inp.to(dtype), t.to(dtype), embeds.to(dtype),
                         self.ids.expand(x_rows.shape[0], -1).to(x_rows.device, dtype),

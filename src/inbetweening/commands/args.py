@@ -36,7 +36,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, defaults=None,
             continue
         where = parser
         if meta.get("group"):
-            where = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+            if meta["group"] not in groups:
+                groups[meta["group"]] = parser.add_argument_group(meta["group"])
+            where = groups[meta["group"]]
         flags = [meta.get("flag", "--" + f.name.replace("_", "-"))]
         if meta.get("short"):
             flags.insert(0, meta["short"])
@@ -53,7 +55,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, defaults=None,
         extra = {k: meta[k] for k in ("choices", "nargs", "const", "metavar") if k in meta}
         if meta.get("required"):
             extra["required"] = True
-        shown = "" if default is None or "default" in help_text else f" (default {_show(default)})"
+        shown = "" if default is None or "default" in help_text or meta.get("required") else \
+            f" (default {_show(default)})"
         where.add_argument(*flags, dest=f.name, type=None if "parse" in meta else kind,
                            default=None if "parse" in meta else default,
                            help=help_text + shown, **extra)
