@@ -28,14 +28,17 @@ def _layer():
     return name, attn
 
 
-def _manual(attn, xf, xb, wv_b, wo_b, flip_dims):
+def _manual(attn, xf, xb, wv_b, wo_b, flip_dims, wq=None, wk=None):
     """The paper's backward attention, literally: the forward map A from the forward rows (base
-    Q, K), rotated by flipping ``flip_dims``, applied to the backward rows' values."""
+    Q, K, unless ``wq``, ``wk`` are given), rotated by flipping ``flip_dims``, applied to the
+    backward rows' values."""
     h = attn.heads
     def heads(t):
         n, f, c = t.shape
         return t.view(n, f, h, c // h).transpose(1, 2)
-    q, k = heads(xf @ attn.to_q.weight.T), heads(xf @ attn.to_k.weight.T)
+    wq = attn.to_q.weight if wq is None else wq
+    wk = attn.to_k.weight if wk is None else wk
+    q, k = heads(xf @ wq.T), heads(xf @ wk.T)
     a = (q @ k.transpose(-1, -2) * (q.shape[-1] ** -0.5)).softmax(-1)
     if flip_dims:
         a = a.flip(*flip_dims)
@@ -97,8 +100,21 @@ def test_fused_layer_equals_reference_layer(plan):
         ref_b = proc(attn, xb)
         proc.phase = "plain"
         plain_f = proc(attn, xf)
+        # What the plan says, written out: the backward weights (all four) or the base ones;
+        # the forward rows' base map rotated, or the backward rows' own map with those weights.
+        w = {k[3]: proc.weights[k] if plan.backward_weights else base
+             for k, base in (("to_q.weight", attn.to_q.weight), ("to_k.weight", attn.to_k.weight),
+                             ("to_v.weight", attn.to_v.weight),
+                             ("to_out.0.weight", attn.to_out[0].weight))}
+        if plan.rotate:
+            want_b = _manual(attn, xf, xb, w["v"], w["o"], (-2, -1))
+        else:
+            want_b = _manual(attn, xb, xb, w["v"], w["o"], None, wq=w["q"], wk=w["k"])
+        want_f = _manual(attn, xf, xf, attn.to_v.weight, attn.to_out[0].weight, None)
     torch.testing.assert_close(fused, torch.cat([ref_f, ref_b]), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ref_f, plain_f, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ref_f, want_f, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ref_b, want_b, atol=1e-5, rtol=1e-5)
 
 
 def test_plain_processor_matches_diffusers_default():
@@ -113,6 +129,12 @@ def test_plain_processor_matches_diffusers_default():
     torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
     assert attention.install(unet).keys() == procs.keys()  # idempotent
     assert all(attention.installed(unet)[k] is procs[k] for k in procs)
+    # The equality is not vacuous: the UNet's forward does go through each installed processor.
+    for proc in procs.values():
+        proc.phase = "no-such-phase"
+        with pytest.raises(ValueError, match="unknown phase"), torch.no_grad():
+            unet(x, *args)
+        proc.phase = "plain"
 
 
 def test_inject_without_record_is_an_error():

@@ -31,6 +31,11 @@ def test_init_set_and_read_back():
     unet = tiny_unet()
     params = backward.init_backward_weights(unet)
     assert backward.loaded_variant(unet) == "rotation"
+    # Copies of the base weights (the paper fine-tunes a copy): equal, but not the same storage.
+    own = dict(unet.named_parameters())
+    assert params.keys() == set(backward.backward_parameter_names(unet))
+    for n, p in params.items():
+        assert torch.equal(p, own[n]) and p.data_ptr() != own[n].data_ptr()
     got = backward.backward_parameters(unet)
     assert got.keys() == params.keys() and all(got[k] is params[k] for k in got)
     assert all(p.requires_grad for p in got.values())
@@ -48,6 +53,8 @@ def test_file_round_trip_with_metadata(tmp_path):
     assert meta["num_frames"] == "6" and meta["dtype"] == "float16" and meta["layers"] == "6"
     assert tensors.keys() == params.keys()
     assert all(t.dtype == torch.float16 for t in tensors.values())
+    for n, p in params.items():  # the values, rounded to float16
+        assert torch.equal(tensors[n], p.detach().half())
     assert backward.set_backward_weights(unet, tensors) == "rotation"
     with pytest.raises(InbetweeningError, match="already exists"):
         backward.save_backward_weights(path, params, overwrite=False)

@@ -50,6 +50,10 @@ def test_no_rotation_backward_weights(tiny_pipe, keyframes):
     fused = _run(tiny_pipe, keyframes, method="gi", max_guidance_scale=3.0)
     ref = _run(tiny_pipe, keyframes, method="gi", dual_pass="reference", max_guidance_scale=3.0)
     assert (fused - ref).abs().max().item() <= 1e-4
+    # Not the base model's backward direction (trf: no rotation, base weights): the four
+    # backward tensors are in use.
+    trf = _run(tiny_pipe, keyframes, method="trf", max_guidance_scale=3.0)
+    assert (fused - trf).abs().max().item() > 1e-3
     perturb_backward(tiny_pipe)
 
 
@@ -61,9 +65,23 @@ def test_same_seed_same_video_bitwise(tiny_pipe, keyframes):
     assert (a - c).abs().max() > 1e-3
 
 
+def _unet_batches(pipe) -> list[int]:
+    """The batch size of every UNet call from now on (a forward pre-hook on the UNet)."""
+    sizes: list[int] = []
+    pipe.unet.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]))
+    return sizes
+
+
 def test_split_fused_batch_gives_the_same_video(tiny_pipe, keyframes):
+    """Under CFG a prediction is 4 rows (2 per direction): one call of 4 by default, two calls
+    of 2 (a forward and a backward row each) with max_unet_batch=2; the same video."""
+    sizes = _unet_batches(tiny_pipe)
     whole = _run(tiny_pipe, keyframes, max_guidance_scale=3.0, max_unet_batch=0)
+    predictions = 4 + 5 * 2  # 4 steps, 5 re-injections on each of the first 2
+    assert sizes == [4] * predictions
+    sizes.clear()
     split = _run(tiny_pipe, keyframes, max_guidance_scale=3.0, max_unet_batch=2)
+    assert sizes == [2] * (2 * predictions)
     ref = _run(tiny_pipe, keyframes, max_guidance_scale=3.0, dual_pass="reference")
     assert (whole - split).abs().max().item() <= 1e-5
     assert (whole - ref).abs().max().item() <= 1e-4
@@ -92,6 +110,7 @@ def test_forward_method_reproduces_diffusers_svd_pipeline(keyframes):
 def test_model_cpu_offload_hooks_give_the_same_video(tiny_pipe, keyframes):
     plain = _run(tiny_pipe, keyframes)
     tiny_pipe.enable_model_cpu_offload(device="cpu")
+    assert all(hasattr(getattr(tiny_pipe, n), "_hf_hook") for n in ("unet", "vae", "image_encoder"))
     offloaded = _run(tiny_pipe, keyframes)
     assert (plain - offloaded).abs().max().item() <= 1e-5
 
@@ -100,20 +119,39 @@ def test_model_cpu_offload_hooks_give_the_same_video(tiny_pipe, keyframes):
 def test_half_precision_runs_close_to_fp32(tiny_pipe, keyframes, dtype):
     full = _run(tiny_pipe, keyframes, num_inference_steps=3)
     tiny_pipe.to(dtype=dtype)
+    assert tiny_pipe.unet.dtype == tiny_pipe.vae.dtype == dtype
     half = _run(tiny_pipe, keyframes, num_inference_steps=3)
     assert half.dtype == torch.float32 and torch.isfinite(half).all()
     assert (half - full).abs().mean().item() < 0.05
+    assert (half - full).abs().max().item() > 1e-4  # it did run in half precision
 
 
 def test_output_types_and_decode_chunks(tiny_pipe, keyframes):
-    pil = _run(tiny_pipe, keyframes, output_type="pil")
-    assert len(pil) == 1 and len(pil[0]) == 6 and pil[0][0].size == (64, 64)
-    arr = _run(tiny_pipe, keyframes, output_type="np")
-    assert arr.shape == (1, 6, 64, 64, 3) and 0 <= arr.min() and arr.max() <= 1
-    chunked = _run(tiny_pipe, keyframes, decode_chunk_size=2)
-    assert chunked.shape == (1, 6, 3, 64, 64)
+    """Every output type is the same video, and decode_chunk_size=k decodes k frames at a time:
+    the temporal VAE decoder mixes the frames of one call, so chunks of 2 give other frames than
+    one call for all 6, and each chunk equals decoding its 2 frames alone."""
     latents = _run(tiny_pipe, keyframes, output_type="latent")
     assert latents.shape == (1, 6, 4, 8, 8)
+    chunked = _run(tiny_pipe, keyframes, decode_chunk_size=2)
+    assert chunked.shape == (1, 6, 3, 64, 64)
+    vae = tiny_pipe.vae
+
+    def decode(z):  # (k, C, h, w) latents -> (k, 3, H, W) in [0, 1], in one decoder call
+        x = vae.decode(z / vae.config.scaling_factor, num_frames=z.shape[0]).sample
+        return (x / 2 + 0.5).clamp(0, 1)
+
+    with torch.no_grad():
+        at_once = decode(latents[0])
+        in_pairs = torch.cat([decode(latents[0, a:a + 2]) for a in (0, 2, 4)])
+    assert (at_once - in_pairs).abs().max() > 1e-2  # the decoder does mix frames
+    torch.testing.assert_close(chunked[0], in_pairs, atol=1e-5, rtol=0)
+    arr = _run(tiny_pipe, keyframes, output_type="np")  # decode_chunk_size: all frames
+    assert arr.shape == (1, 6, 64, 64, 3)
+    np.testing.assert_allclose(arr[0], at_once.permute(0, 2, 3, 1).numpy(), atol=1e-5, rtol=0)
+    pil = _run(tiny_pipe, keyframes, output_type="pil")
+    assert len(pil) == 1 and len(pil[0]) == 6 and pil[0][0].size == (64, 64)
+    pixels = np.stack([np.asarray(im, dtype=np.float32) for im in pil[0]])
+    assert np.abs(pixels - arr[0] * 255).max() <= 1.0
 
 
 def test_callback_on_step_end_and_linear_fuse(tiny_pipe, keyframes):
@@ -121,11 +159,18 @@ def test_callback_on_step_end_and_linear_fuse(tiny_pipe, keyframes):
 
     def cb(pipe, i, t, tensors):
         steps.append(i)
+        assert t == pipe.scheduler.timesteps[i]
         return {"latents": tensors["latents"]}
 
-    avg = _run(tiny_pipe, keyframes, callback_on_step_end=cb)
+    avg = _run(tiny_pipe, keyframes, callback_on_step_end=cb, output_type="latent")
     assert steps == [0, 1, 2, 3]
-    lin = _run(tiny_pipe, keyframes, fuse="linear")
+    # What the callback returns replaces the latent: after the last step, the output.
+    def fill(pipe, i, t, tensors):
+        return {"latents": torch.full_like(tensors["latents"], 0.25)} if i == 3 else None
+
+    out = _run(tiny_pipe, keyframes, callback_on_step_end=fill, output_type="latent")
+    assert torch.equal(out, torch.full((1, 6, 4, 8, 8), 0.25))
+    lin = _run(tiny_pipe, keyframes, fuse="linear", output_type="latent")
     assert (avg - lin).abs().max() > 1e-3
 
 

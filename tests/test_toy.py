@@ -47,10 +47,30 @@ def test_ground_truth_centres_sit_on_the_vehicle_colour():
 
 
 def test_stay_in_view_keeps_every_vehicle_inside_and_apart():
+    """make_clip's own conditions, on the geometric centre (the body centre plus stripe / 2 along
+    the heading): every corner in view with a pixel to spare, i.e. the centre more than
+    hypot(length, width) / 2 + 1 from each border, and the centres of two vehicles of a clip at
+    least length + 2 apart in every frame."""
     cfg = WorldConfig()
     clips = make_clips(HELD_OUT_SEED, 30, stay_in_view=True)
-    centers = clips.centers[clips.present]  # (S, F, 2)
-    assert (centers > cfg.length / 2).all() and (centers < cfg.size - cfg.length / 2).all()
+    margin = math.hypot(cfg.length, cfg.width) / 2 + 1
+    direction = torch.stack([clips.headings.cos(), clips.headings.sin()], -1)  # (B, S, 2)
+    geometric = clips.centers.double() + cfg.stripe / 2 * direction.double()[:, :, None]
+    centers = geometric[clips.present]  # (S, F, 2)
+    eps = 1e-4  # the centres are stored in float32
+    assert (centers > margin - eps).all() and (centers < cfg.size - margin + eps).all()
+    # The bound is tight: some vehicle comes within 1.5 pixels of it (so a looser margin shows).
+    slack = torch.minimum(centers - margin, cfg.size - margin - centers).min()
+    assert slack < 1.5, slack
+    pairs = 0
+    for i in range(len(clips)):
+        idx = np.flatnonzero(clips.present[i].numpy())
+        for a in idx:
+            for b in idx[idx > a]:
+                gap = (geometric[i, a] - geometric[i, b]).norm(dim=-1)  # (F,)
+                assert (gap >= cfg.length + 2 - eps).all(), (i, gap.min())
+                pairs += 1
+    assert pairs >= 5  # clips with two vehicles are common enough to test "apart"
 
 
 def test_patch_autoencoder_fits_round_trips_and_saves(tmp_path):

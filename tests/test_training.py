@@ -199,8 +199,59 @@ def test_loss_falls_when_overfitting_two_clips(clips_dir, tmp_path):
     assert end < 0.9 * start, (start, end)
     rows = _log(tmp_path / "run")
     assert [int(r["step"]) for r in rows] == list(range(1, 41))
-    # every logged loss lands in the bucket of its sigmas
-    assert all(r["loss_sigma<0.5"] == "" and r["loss_sigma>=20"] == "" for r in rows)
+    # (that every logged loss lands in the bucket of its sigma: the next test)
+
+
+# The sigma buckets of log.csv, written out: "<e" for sigma < e (first such edge), ">=20" above.
+BUCKET_EDGES = (0.1, 0.5, 1.0, 2.0, 5.0, 20.0)
+
+
+def _bucket_column(sigma: float) -> str:
+    for e in BUCKET_EDGES:
+        if sigma < e:
+            return f"loss_sigma<{e:g}"
+    return "loss_sigma>=20"
+
+
+def test_every_logged_loss_lands_in_the_bucket_of_its_sigma(clips_dir, tmp_path, monkeypatch):
+    """Each step's loss_sigma<bucket> column is the mean of the per-sample losses (as the
+    objective returned them) whose sigma falls in that bucket, and is empty when none does; loss
+    is the mean of all. 3 steps of 2 micro-batches of 2, sigmas in 4 buckets."""
+    seen = []  # (sigma, per-sample loss) of every micro-batch, in order
+    objective_forward = training.BackwardObjective.forward
+
+    def spy(self, batch):
+        loss, per_sample = objective_forward(self, batch)
+        seen.append((batch["sigma"].detach().cpu().clone(), per_sample.detach().cpu().clone()))
+        return loss, per_sample
+
+    monkeypatch.setattr(training.BackwardObjective, "forward", spy)
+    steps, accum = 3, 2
+    cfg = small_config(clips_dir, tmp_path / "run", steps=steps, batch_size=2, grad_accum=accum,
+                       lr=1e-3, sigma_set=(0.3, 0.7, 1.5, 3.0))
+    training.train(cfg, pipe=fresh_pipe())
+    rows = _log(tmp_path / "run")
+    columns = [_bucket_column(e - 1e-9) for e in BUCKET_EDGES] + ["loss_sigma>=20"]
+    assert [k for k in rows[0] if k.startswith("loss_sigma")] == columns
+    assert len(rows) == steps and len(seen) == steps * accum
+    hit, mixed = set(), 0
+    for r, row in enumerate(rows):
+        part = seen[r * accum:(r + 1) * accum]
+        sigmas, losses = torch.cat([s for s, _ in part]), torch.cat([l for _, l in part])
+        groups: dict[str, list[float]] = {}
+        for s, loss in zip(sigmas.tolist(), losses.tolist()):
+            groups.setdefault(_bucket_column(s), []).append(loss)
+        for col in columns:
+            if col in groups:
+                want = sum(groups[col]) / len(groups[col])
+                assert float(row[col]) == pytest.approx(want, rel=1e-5), (r, col)
+            else:
+                assert row[col] == "", (r, col)
+        assert float(row["loss"]) == pytest.approx(losses.mean().item(), rel=1e-5)
+        hit |= set(groups)
+        mixed += len(groups) > 1
+    # Not vacuous: several buckets, and steps whose samples fall in different buckets.
+    assert len(hit) >= 3 and mixed >= 2, (hit, mixed)
 
 
 def test_stopped_and_resumed_run_equals_an_uninterrupted_one(clips_dir, tmp_path,
