@@ -17,7 +17,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) "$(TORCH)"
-	$(PIP) -c constraints.txt -e ".[test,app]"
+	$(PIP) -c constraints.txt -e ".[test,app,eval]"
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -30,7 +30,7 @@ CHROMIUM ?= /usr/bin/chromium
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(E2E_STAMP): $(STAMP)
-	$(PIP) -c constraints.txt -e ".[test,app,e2e]"
+	$(PIP) -c constraints.txt -e ".[test,app,eval,e2e]"
 	touch $@
 
 e2e: $(E2E_STAMP)

@@ -119,3 +119,20 @@ def test_the_command_line_starts_without_the_deep_learning_libraries():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_the_library_the_cli_and_training_need_no_evaluation_extra(tiny_model_dir):
+    """OpenCV, matplotlib and torchmetrics (the ``eval`` extra) are not needed to generate or
+    train: a process where they cannot be imported still loads a model and makes a video."""
+    code = (
+        "import sys\n"
+        "for m in ('cv2', 'matplotlib', 'torchmetrics'): sys.modules[m] = None\n"
+        "import torch, inbetweening.training, inbetweening.commands.train\n"
+        "from inbetweening.loading import load_pipeline\n"
+        f"pipe = load_pipeline({str(tiny_model_dir / 'model')!r}, None, 'cpu', None, quiet=True)\n"
+        "out = pipe(torch.rand(3, 64, 64), torch.rand(3, 64, 64), num_frames=4,\n"
+        "           num_inference_steps=1, method='trf', output_type='np').frames[0]\n"
+        "print(out.shape)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().endswith("(4, 64, 64, 3)")
