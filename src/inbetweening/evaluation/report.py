@@ -20,6 +20,7 @@ METRICS = {
     "endpoint_psnr": ("endpoint PSNR", True, 2),
     "trajectory_error": ("trajectory error (px)", False, 2),
     "direction_consistency": ("direction consistency", True, 3),
+    "blended": ("blended vehicle-frames", False, 3),
     "fid": ("FID", False, 2),
     "fvd": ("FVD", False, 2),
 }

@@ -68,6 +68,14 @@ def generate(method: str, pair: Pair, bset: BenchmarkSet, *, pipe=None,
     return (np.clip(video, 0, 1) * 255).round().astype(np.uint8)
 
 
+def _blended(video: np.ndarray, colors: list) -> float:
+    """Share of the (vehicle, middle frame) pairs where a vehicle is shown twice or faded
+    (:func:`inbetweening.toy.blending.blending`)."""
+    from ..toy.blending import blending
+
+    return float(blending(video, colors)["blended"])
+
+
 def score(video: np.ndarray, pair: Pair, bset: BenchmarkSet, lpips=None) -> dict:
     """Per-pair metrics of a generated video (uint8) against the pair's true clip: means over the
     middle frames (the keyframes are given, not generated), and per-frame values for curves."""
@@ -97,6 +105,7 @@ def score(video: np.ndarray, pair: Pair, bset: BenchmarkSet, lpips=None) -> dict
         out["trajectory_error"] = m["trajectory_error"]
         out["direction_consistency"] = m["direction_consistency"]
         per_frame["trajectory_error"] = m["per_frame_trajectory_error"]
+        out["blended"] = _blended(video, [s["color"] for s in sprites])
     out["per_frame"] = per_frame
     return rounded(out)
 
