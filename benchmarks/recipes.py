@@ -1,0 +1,157 @@
+"""The recipe study: quality against the number of UNet predictions, on held-out toy pairs with
+ground truth, over steps, re-injection count and fraction, and samplers.
+
+    python benchmarks/recipes.py --out runs/recipes                 # the whole study, resumable
+    python benchmarks/recipes.py --out runs/recipes --pairs 8 --seeds 0 --settings toy   # a look
+
+Settings (where the two directions may disagree, which re-injection is meant to reconcile):
+``toy`` (today's world, 8 frames), ``far`` (today's world with 12 frames: longer gaps between the
+keyframes, the model's 8-frame training stretched), ``ambiguous`` (the world where each vehicle
+is slow or fast; needs ``--ambiguous-model``). Each (setting, recipe, seed) is one
+``inbetween evaluate`` of ``gi`` on the setting's pairs, so it resumes where it stopped.
+
+Writes OUT/study.json (every run's metrics, predictions and seconds per video), OUT/study.md (the
+table: mean over seeds and the seed-to-seed spread) and OUT/pareto.png (trajectory error and
+direction consistency against predictions per video).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from inbetweening.evaluation import evaluate, make_toy_set
+from inbetweening.options import SamplingOptions
+from inbetweening.sampling import predictions
+
+METRICS = ("trajectory_error", "direction_consistency", "blended", "psnr", "ssim",
+           "endpoint_psnr")
+SETTINGS = {"toy": dict(world_name="toy", frames=None), "far": dict(world_name="toy", frames=12),
+            "ambiguous": dict(world_name="ambiguous", frames=None)}
+
+
+def grid(full: bool = False) -> dict[str, dict]:
+    """Recipe name -> sampling options (Euler with re-injection, Alg. 2). The core grid: steps
+    8, 12, 25, 50 x 0, 2 or 5 re-injections on half the steps, and the fraction 0.25 / 0.75 at
+    12 steps x 2; ``full``: steps 8-50 x count 0-5 x fraction 0.25-0.75."""
+    if full:
+        points = [(s, c, f) for s in (8, 12, 16, 25, 50) for c in (0, 1, 2, 5)
+                  for f in ((0.5,) if c == 0 else (0.25, 0.5, 0.75))]
+    else:
+        points = [(s, c, 0.5) for s in (8, 12, 25, 50) for c in (0, 2, 5)]
+        points += [(12, 2, 0.25), (12, 2, 0.75)]
+    recipes = {}
+    for steps, count, fraction in points:
+        name = ("paper" if (steps, count, fraction) == (50, 5, 0.5)
+                else f"euler-{steps}-{count}x{fraction}")
+        recipes[name] = dict(steps=steps, reinject=count, reinject_fraction=fraction)
+    return recipes
+
+
+def cost(options: dict) -> int:
+    return predictions("euler", options["steps"], options["reinject"],
+                       options["reinject_fraction"])
+
+
+def run(out: Path, setting: str, model: Path | None, recipe: str, options: dict, seed: int,
+        pairs: int) -> dict:
+    held_out = out / "sets" / setting
+    if not (held_out / "manifest.json").is_file():
+        make_toy_set(held_out, pairs, **SETTINGS[setting])
+    result = evaluate(held_out, "gi", out / "runs" / setting / recipe / f"seed-{seed}",
+                      model=str(model) if model else None, device="cpu", seed=seed,
+                      options=SamplingOptions(**options), quiet=True)
+    return result["methods"]["gi"]
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["setting"], r["recipe"]), []).append(r)
+    table = []
+    for (setting, recipe), runs in sorted(groups.items()):
+        entry = {"setting": setting, "recipe": recipe, "predictions": runs[0]["predictions"],
+                 "seeds": len(runs)}
+        for m in METRICS + ("seconds",):
+            values = [r[m] for r in runs if r.get(m) is not None]
+            if values:
+                entry[m] = statistics.fmean(values)
+                entry[m + "_spread"] = max(values) - min(values)
+        table.append(entry)
+    return table
+
+
+def markdown(table: list[dict]) -> str:
+    lines = ["| setting | recipe | predictions | trajectory error (px) | direction consistency "
+             "| blended | PSNR | endpoint PSNR |", "|---|---|---|---|---|---|---|---|"]
+    for e in sorted(table, key=lambda e: (e["setting"], e["predictions"])):
+        cells = [f"{e[m]:.3f} (±{e[m + '_spread'] / 2:.3f})" if m in e else "-"
+                 for m in ("trajectory_error", "direction_consistency", "blended", "psnr",
+                           "endpoint_psnr")]
+        lines.append(f"| {e['setting']} | {e['recipe']} | {e['predictions']} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\nmean over sampling seeds (± half the seed-to-seed spread)\n"
+
+
+def pareto(table: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, metric, label in ((axes[0], "trajectory_error", "trajectory error (px), lower is "
+                               "better"), (axes[1], "direction_consistency",
+                                           "direction consistency, higher is better")):
+        for setting in sorted({e["setting"] for e in table}):
+            pts = sorted((e["predictions"], e[metric], e[metric + "_spread"] / 2)
+                         for e in table if e["setting"] == setting and metric in e)
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts],
+                        fmt="o", ms=3, alpha=0.8, label=setting)
+        ax.set_xscale("log")
+        ax.set_xlabel("UNet predictions per video (fused)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("runs/recipes"))
+    p.add_argument("--settings", default="toy,far", help="from toy, far, ambiguous")
+    p.add_argument("--ambiguous-model", type=Path, default=Path("runs/ambiguous"))
+    p.add_argument("--pairs", type=int, default=24)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--recipes", default=None, help="comma-separated names (default: the grid)")
+    p.add_argument("--full", action="store_true", help="the full grid (about 4x the core's cost)")
+    a = p.parse_args(argv)
+    recipes = grid(a.full)
+    if a.recipes:
+        recipes = {k: recipes[k] for k in a.recipes.split(",")}
+    rows = []
+    for setting in a.settings.split(","):
+        model = a.ambiguous_model if setting == "ambiguous" else None
+        for name, options in sorted(recipes.items(), key=lambda kv: cost(kv[1])):
+            for seed in (int(s) for s in a.seeds.split(",")):
+                scores = run(a.out, setting, model, name, options, seed, a.pairs)
+                rows.append({"setting": setting, "recipe": name, "seed": seed,
+                             "predictions": cost(options), **options,
+                             **{m: scores.get(m) for m in METRICS + ("seconds",)}})
+                table = summarise(rows)
+                (a.out / "study.json").write_text(json.dumps({"runs": rows, "table": table},
+                                                             indent=1))
+                (a.out / "study.md").write_text(markdown(table))
+                print(f"{setting} {name} seed {seed}: {cost(options)} predictions, trajectory "
+                      f"error {scores.get('trajectory_error', float('nan')):.3f}", flush=True)
+    pareto(summarise(rows), a.out / "pareto.png")
+    print((a.out / "study.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
