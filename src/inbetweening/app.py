@@ -8,9 +8,10 @@ Keyframes are uploaded in order (drag them to reorder); a segment is made per ne
 result plays on the page and downloads as mp4, gif and a zip of PNG frames.
 
 Uploads that are not images, or larger than ``--max-upload-mb`` (20 MB) or ``--max-pixels``, are
-refused with a message on the page; the app goes on serving. It listens on 127.0.0.1 unless
-``--host`` says otherwise, and never reaches the internet: Gradio's analytics are off, there are
-no share links, and the page's fonts and scripts come from the app itself.
+refused with a message on the page; the app goes on serving. So are seeds beyond 2**64 - 1 and
+sizes x frames beyond what the machine can sample (:func:`pixel_frame_limit`). It listens on
+127.0.0.1 unless ``--host`` says otherwise, and never reaches the internet: Gradio's analytics
+are off, there are no share links, and the page's fonts and scripts come from the app itself.
 
 The page is built with Gradio (``pip install 'inbetweening[app]'``). :class:`InbetweenApp` holds
 the handlers as plain methods, so they can be used (and tested) without a browser.
@@ -18,7 +19,10 @@ the handlers as plain methods, so they can be used (and tested) without a browse
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+import random
 import shutil
 import tempfile
 import threading
@@ -37,6 +41,8 @@ DEFAULT_MAX_PIXELS = 25_000_000
 # Gradio itself stops an upload this many times over the limit, before it reaches a handler (so a
 # huge file is not written to disk in full); smaller oversized files get the handler's message.
 SERVER_UPLOAD_FACTOR = 5
+CPU_WORK_FACTOR = 4  # see pixel_frame_limit
+VAE_PEAK_TENSORS = 8  # see pixel_frame_limit
 KEEP_RESULTS = 8  # result folders kept on disk (older ones are deleted)
 OUTPUT_NAMES = ("inbetween.mp4", "inbetween.gif", "inbetween_frames.zip")
 
@@ -76,6 +82,40 @@ def check_upload(path: str | os.PathLike, limits: Limits = Limits()):
         return media.read_image(path, max_pixels=limits.max_pixels)
     except InbetweeningError as e:
         raise InbetweeningError(str(e).replace(str(path), name)) from None
+    except Exception as e:  # noqa: BLE001 - whatever a reader raises, the page says it
+        first = (str(e).strip().splitlines() or [""])[0].replace(str(path), name)[:120]
+        raise InbetweeningError(f"{name}: cannot read image ({type(e).__name__}"
+                                f"{': ' * bool(first)}{first})") from None
+
+
+def free_device_memory(device) -> int:
+    """Bytes a CUDA device can still give: its free memory and what torch holds cached unused."""
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
+def pixel_frame_limit(pipe) -> tuple[int, str]:
+    """The most width x height x frames one segment may ask for, and what sets it.
+
+    The rule, an estimate of a pipeline call's memory: its peak is the VAE decoding all frames
+    at once at full resolution, about VAE_PEAK_TENSORS tensors of (frames, channels, H, W) with
+    the channels of the decoder's last block, in the VAE's dtype. On a GPU the limit is its free
+    memory over those bytes per pixel x frame; on the CPU (whose memory is shared and where time
+    also grows with the work) a fixed CPU_WORK_FACTOR times the model's usual work (its default
+    width x height x frames). The model's usual work is always allowed."""
+    d = pipe.defaults
+    width, height = pipe.default_size()
+    width, height = d.get("width", width), d.get("height", height)
+    frames = int(d.get("num_frames", pipe.unet.config.num_frames))
+    usual = width * height * frames
+    if pipe.device.type != "cuda":
+        return CPU_WORK_FACTOR * usual, (f"the CPU ({CPU_WORK_FACTOR}x the model's usual "
+                                         f"{width}x{height} x {frames} frames)")
+    free = free_device_memory(pipe.device)
+    per = pipe.vae.dtype.itemsize * VAE_PEAK_TENSORS * int(pipe.vae.config.block_out_channels[0])
+    return max(usual, free // per), f"the free memory of {pipe.device} ({free / 2**30:.1f} GB)"
 
 
 def describe_model(model) -> str:
@@ -130,8 +170,9 @@ class InbetweenApp:
         were refused (an empty notice when none was). Refused files are deleted."""
         kept, problems = [], []
         for f in files or []:
-            path = _path_of(f)
+            path = None
             try:
+                path = _path_of(f)
                 check_upload(path, self.limits)
                 kept.append(path)
             except InbetweeningError as e:
@@ -172,6 +213,20 @@ class InbetweenApp:
                                   fps=_as_int(fps, "fps")).check()
         return options.call_kwargs(self.pipe.defaults)
 
+    def check_work(self, kw: dict) -> None:
+        """Refuse, with the reason, a segment larger than :func:`pixel_frame_limit` (after the
+        pipeline's own checks of the size and frame count)."""
+        width, height = self.pipe.default_size()
+        width, height = kw.get("width", width), kw.get("height", height)
+        frames = kw.get("num_frames") or self.pipe.unet.config.num_frames
+        self.pipe.check_inputs(height, width, frames, kw["method"],
+                               kw.get("num_inference_steps") or 1)
+        limit, basis = pixel_frame_limit(self.pipe)
+        if width * height * frames > limit:
+            raise InbetweeningError(
+                f"{width}x{height} x {frames} frames is too large for {basis}: at most "
+                f"{limit:,} pixels x frames per segment; choose a smaller size or fewer frames")
+
     def generate(self, files: list | None, method: str, frames, steps, seed, size: str, fps,
                  loop: bool = False, side_by_side: bool = False,
                  progress: Callable | None = None) -> tuple[str | None, list[str] | None, str]:
@@ -191,11 +246,8 @@ class InbetweenApp:
             images = [check_upload(p, self.limits) for p in paths]
             check_aspects(images)
             kw = self.sampling_kwargs(method, frames, steps, size, fps)
-            seed = _as_int(seed, "seed")
-            if seed < 0:
-                import random
-
-                seed = random.SystemRandom().randrange(2**31 - 1)
+            self.check_work(kw)
+            seed = _seed(seed)
             closed = layout(images, loop).closed
             with self._lock:
                 video = self._run(images, loop, seed, kw, report)
@@ -330,21 +382,32 @@ def _path_of(f) -> str:
     raise InbetweeningError(f"not an uploaded file: {f!r}")
 
 
-def _remove_quietly(path: str) -> None:
-    try:
+def _remove_quietly(path: str | None) -> None:
+    with contextlib.suppress(OSError, TypeError):
         os.remove(path)
-    except OSError:
-        pass
 
 
 def _as_int(value, what: str) -> int:
+    if isinstance(value, (int, str)):
+        with contextlib.suppress(ValueError):
+            return int(value)  # exactly, however large
     try:
         number = float(value)
     except (TypeError, ValueError):
         raise InbetweeningError(f"{what} must be a number, not {value!r}") from None
-    if number != int(number):
+    if not math.isfinite(number) or number != int(number):
         raise InbetweeningError(f"{what} must be a whole number, not {value}")
     return int(number)
+
+
+def _seed(value) -> int:
+    """The page's seed: a negative one means a random one; else 0 to 2**64 - 1 (torch's)."""
+    from .commands.common import check_seed
+
+    seed = _as_int(value, "seed")
+    if seed < 0:
+        return random.SystemRandom().randrange(2**31 - 1)
+    return check_seed(seed)
 
 
 def serve(*, host: str = DEFAULT_HOST, port: int | None = None, limits: Limits = Limits(),

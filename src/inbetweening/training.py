@@ -40,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,7 +50,7 @@ from tqdm.auto import tqdm
 
 from . import attention, backward, conditioning
 from .train_config import COND_AUGS, DUAL_PASSES, PRECISIONS, SAVE_DTYPES, TrainConfig
-from .utils import InbetweeningError, atomic_torch_save, mix_seed
+from .utils import InbetweeningError, _protected, atomic_torch_save, check_target, mix_seed
 
 LOG_FILE = "log.csv"
 CHECKPOINT_DIR = "checkpoints"
@@ -371,26 +370,85 @@ def check_config(cfg: TrainConfig) -> None:
             raise InbetweeningError(f"--{name.replace('_', '-')} must be at least 1")
     if cfg.lr <= 0 or cfg.p_std < 0 or (cfg.sigma_set and min(cfg.sigma_set) <= 0):
         raise InbetweeningError("--lr and every sigma must be positive, --p-std not negative")
+    check_output(cfg)
 
 
+def check_output(cfg: TrainConfig) -> None:
+    """OUTPUT must be a folder this run may write into, checked before any work: not empty, not
+    a file nor under one (:func:`utils.check_target`'s rules), never the root, home or current
+    folder nor one holding the data (``utils._protected``). An existing folder is fine
+    otherwise: it may hold an earlier run, which --resume continues and --overwrite replaces (see
+    _checkpoint_to_resume)."""
+    out = Path(cfg.output)
+    if str(cfg.output) == "" or not out.is_dir():
+        check_target(cfg.output, overwrite=True, folder=True)
+    elif why := _protected(out, [cfg.data]):
+        raise InbetweeningError(f"will not train into the folder {out}: {why}")
 
 
-def _checkpoint_to_resume(cfg: TrainConfig, out: Path) -> Path | None:
-    """The checkpoint to resume from, or None; refuses to clobber an earlier run."""
-    found = checkpoints(out)
+# What every checkpoint holds (see _save_checkpoint).
+CHECKPOINT_KEYS = ("step", "elapsed", "weights", "optimizer", "scheduler", "rng", "data")
+
+
+def read_checkpoint(path: Path) -> dict:
+    """The state in a checkpoint of ``inbetween train``, or an InbetweeningError naming the file
+    and why it is not one (damaged, truncated, or another kind of file)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - torch.load says "not my file" in many ways
+        why = "it cannot be read: damaged, truncated or another kind of file"
+    else:
+        missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+        why = f"it holds no {', '.join(missing)}" if missing else _malformed(state)
+    if why:
+        raise InbetweeningError(f"{path} is not a checkpoint of inbetween train ({why})")
+    return state
+
+
+def _malformed(state: dict) -> str | None:
+    """What in a checkpoint's state is not as _save_checkpoint writes it, or None."""
+    if not (isinstance(state["weights"], dict) and isinstance(state["step"], int)
+            and isinstance(state["data"], dict) and {"position", "clips"} <= set(state["data"])):
+        return "its weights, step or data position are not as this tool writes them"
+    return None
+
+
+def _checkpoint_to_resume(cfg: TrainConfig, out: Path, say=print) -> tuple[Path, dict] | None:
+    """The checkpoint to resume from (its path and state), or None; refuses to clobber an earlier
+    run. ``--resume FILE`` must be a checkpoint of this tool; ``--resume`` (the latest) passes
+    over damaged latest checkpoints to the previous good one, saying so."""
     if cfg.resume not in (None, "", "latest"):
         path = Path(cfg.resume)
         if not path.is_file():
             raise InbetweeningError(f"checkpoint not found: {path}")
-        return path
+        return path, read_checkpoint(path)
+    found = checkpoints(out)
     if cfg.resume == "latest":
-        if not found:
-            print(f"note: no checkpoint in {out / CHECKPOINT_DIR}; starting from step 0")
-        return found[-1] if found else None
+        return _latest_readable(found, out, say)
     if (found or (out / backward.WEIGHTS_FILENAME).exists()) and not cfg.overwrite:
         raise InbetweeningError(f"{out} holds an earlier run; pass --resume to continue it or "
                                 "--overwrite to start again")
     return None
+
+
+def _latest_readable(found: list[Path], out: Path, say) -> tuple[Path, dict] | None:
+    """The latest of ``found`` that reads as a checkpoint, with its state."""
+    if not found:
+        say(f"note: no checkpoint in {out / CHECKPOINT_DIR}; starting from step 0")
+        return None
+    damaged = []
+    for path in reversed(found):
+        try:
+            state = read_checkpoint(path)
+        except InbetweeningError:
+            damaged.append(path.name)
+            continue
+        if damaged:
+            say(f"note: {', '.join(damaged)} cannot be read (damaged or truncated); resuming "
+                f"from the previous checkpoint, {path.name}")
+        return path, state
+    raise InbetweeningError(f"no readable checkpoint in {out / CHECKPOINT_DIR} (all damaged or "
+                            "truncated); run without --resume and with --overwrite to start again")
 
 
 def _clear(out: Path) -> None:
@@ -399,7 +457,11 @@ def _clear(out: Path) -> None:
         p.unlink()
     for name in (backward.WEIGHTS_FILENAME, LOG_FILE):
         (out / name).unlink(missing_ok=True)
-    shutil.rmtree(out / "samples", ignore_errors=True)
+    samples = out / "samples"
+    for p in samples.glob("step-*.mp4"):
+        p.unlink()
+    with contextlib.suppress(OSError):  # kept when it holds anything else
+        samples.rmdir()
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -469,13 +531,13 @@ class _Run:
 def _train_in_this_process(cfg: TrainConfig, accelerator, pipe) -> Path:
     """The run, as one of its processes (all of them run this)."""
     out = Path(cfg.output)
-    resume_from = _checkpoint_to_resume(cfg, out)
+    resume_from = _checkpoint_to_resume(cfg, out, accelerator.print)
     if accelerator.is_main_process and cfg.overwrite and resume_from is None:
         _clear(out)
     accelerator.wait_for_everyone()
     run = _set_up(cfg, accelerator, out, pipe)
     if resume_from is not None:
-        _resume(run, resume_from)
+        _resume(run, *resume_from)
     _announce(run)
     _loop(run)
     _check_processes_agree(run)
@@ -542,11 +604,10 @@ def _dataset(cfg: TrainConfig, pipe):
     return ClipDataset(cfg.data, frames, size, cfg.stride), frames, size
 
 
-def _resume(run: _Run, path: Path) -> None:
-    """Continue ``run`` from the checkpoint ``path``: weights, optimizer, schedule, random state
-    and the position in the data."""
+def _resume(run: _Run, path: Path, state: dict) -> None:
+    """Continue ``run`` from the checkpoint ``path`` (``state``: as read_checkpoint read it):
+    weights, optimizer, schedule, random state and the position in the data."""
     cfg, batches = run.cfg, run.batches
-    state = torch.load(path, map_location="cpu", weights_only=True)
     if list(state["weights"]) != run.objective.names:
         raise InbetweeningError(f"{path} holds weights of another model or variant")
     with torch.no_grad():
