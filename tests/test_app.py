@@ -184,6 +184,8 @@ def test_defaults_come_from_the_model(app, tiny_pipe):
     assert kw["max_guidance_scale"] == 2.0  # the model's recommendation stays ...
     assert (kw["method"], kw["num_frames"], kw["num_inference_steps"], kw["fps"],
             kw["width"], kw["height"]) == ("trf", 6, 3, 9, 128, 64)  # ... under what was asked
+    kw = app.sampling_kwargs("gi", 6, 8, "64x64", 7, recipe="paper")  # the recipe's re-injection
+    assert (kw["num_inference_steps"], kw["reinject_count"], kw["reinject_fraction"]) == (8, 5, 0.5)
 
 
 def test_page_is_built_offline(app):
@@ -192,6 +194,7 @@ def test_page_is_built_offline(app):
     assert isinstance(page, gradio.Blocks)
     ids = {c.elem_id: c for c in page.blocks.values() if getattr(c, "elem_id", None)}
     for name in ("keyframes", "order", "notice", "status", "method", "size", "frames", "steps",
+                 "recipe",
                  "seed", "fps", "loop", "side-by-side", "generate", "result", "downloads",
                  "message"):
         assert name in ids, name

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .options import SamplingOptions, parse_size
+from .options import RECIPES, SamplingOptions, parse_size
 from .utils import InbetweeningError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -205,9 +205,13 @@ class InbetweenApp:
         return items
 
     # -- generation ----------------------------------------------------------------------------
-    def sampling_kwargs(self, method: str, frames, steps, size: str, fps) -> dict:
-        """Pipeline arguments from the page's settings (checked as the command line's are)."""
-        options = SamplingOptions(method=method, frames=_as_int(frames, "frames"),
+    def sampling_kwargs(self, method: str, frames, steps, size: str, fps,
+                        recipe: str | None = None) -> dict:
+        """Pipeline arguments from the page's settings (checked as the command line's are).
+        ``recipe``: a named recipe (its re-injections; the page's steps field overrides its
+        steps, and shows them when the recipe is picked), or None / "" for the model's own."""
+        options = SamplingOptions(recipe=recipe or None, method=method,
+                                  frames=_as_int(frames, "frames"),
                                   steps=_as_int(steps, "steps"),
                                   size=parse_size((size or "").strip() or None),
                                   fps=_as_int(fps, "fps")).check()
@@ -228,7 +232,7 @@ class InbetweenApp:
                 f"{limit:,} pixels x frames per segment; choose a smaller size or fewer frames")
 
     def generate(self, files: list | None, method: str, frames, steps, seed, size: str, fps,
-                 loop: bool = False, side_by_side: bool = False,
+                 loop: bool = False, side_by_side: bool = False, recipe: str | None = None,
                  progress: Callable | None = None) -> tuple[str | None, list[str] | None, str]:
         """Make the video through the uploaded keyframes. Returns (mp4 to play, files to
         download, message); on bad input (None, None, the reason)."""
@@ -245,7 +249,7 @@ class InbetweenApp:
                 raise InbetweeningError("upload at least two keyframes (or one and tick Loop)")
             images = [check_upload(p, self.limits) for p in paths]
             check_aspects(images)
-            kw = self.sampling_kwargs(method, frames, steps, size, fps)
+            kw = self.sampling_kwargs(method, frames, steps, size, fps, recipe)
             self.check_work(kw)
             seed = _seed(seed)
             closed = layout(images, loop).closed
@@ -337,6 +341,8 @@ class InbetweenApp:
                         frames = gr.Slider(3, self.max_frames(), value=d["frames"], step=1,
                                            label="Frames per segment (keyframes included)",
                                            elem_id="frames")
+                        recipe = gr.Dropdown([("model's own", "")] + [(r, r) for r in RECIPES],
+                                             value="", label="Recipe", elem_id="recipe")
                         steps = gr.Number(d["steps"], precision=0, minimum=1, maximum=1000,
                                           label="Denoising steps", elem_id="steps")
                     with gr.Row():
@@ -362,13 +368,14 @@ class InbetweenApp:
             keyframes.change(self.preview, keyframes, order)
             keyframes.change(self.count_message, keyframes, status)
 
-            def generate(files, method, frames, steps, seed, size, fps, loop, side,
+            def generate(files, method, frames, steps, seed, size, fps, loop, side, recipe,
                          progress=gr.Progress()):
                 return self.generate(files, method, frames, steps, seed, size, fps, loop, side,
-                                     progress=progress)
+                                     recipe, progress=progress)
 
-            run.click(generate, [keyframes, method, frames, steps, seed, size, fps, loop, side],
-                      [video, downloads, message], concurrency_limit=1)
+            recipe.change(lambda r: RECIPES[r]["steps"] if r else d["steps"], recipe, steps)
+            run.click(generate, [keyframes, method, frames, steps, seed, size, fps, loop, side,
+                                 recipe], [video, downloads, message], concurrency_limit=1)
         return page
 
 
