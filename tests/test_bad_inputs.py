@@ -186,3 +186,21 @@ def test_fuzz_of_numeric_options_gives_a_video_or_one_error_line(files, tmp_path
             one_error_line(capsys, code)
             assert not out.exists(), picks
         assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
+
+
+def test_convert_official_refuses_garbage_in_one_line(tiny_model_dir, tmp_path, capsys):
+    garbage = tmp_path / "garbage" / "unet"
+    garbage.mkdir(parents=True)
+    (garbage / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00\x01 not safetensors")
+    no_map = tmp_path / "no-map" / "unet"
+    no_map.mkdir(parents=True)
+    (no_map / "diffusion_pytorch_model.safetensors.index.json").write_text('{"metadata": {}}')
+    (tmp_path / "plainfile").write_text("keep")
+    unet = tiny_model_dir / "model" / "unet"
+    cases = [([garbage, "-o", tmp_path / "a.safetensors"], "cannot read"),
+             ([no_map, "-o", tmp_path / "b.safetensors"], "weight_map"),
+             ([unet, "-o", tmp_path / "plainfile" / "c.safetensors"], "is a file")]
+    for argv, words in cases:
+        line = one_error_line(capsys, cli.main(["convert-official"] + [str(a) for a in argv]))
+        assert words in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["garbage", "no-map", "plainfile"]

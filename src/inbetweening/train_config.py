@@ -2,7 +2,7 @@
 description, whose fields' ``metadata`` also describe them on the command line (``inbetween
 train`` derives its options from it, see :mod:`inbetweening.commands.args`).
 
-The defaults are the published recipe where it has one (see ../shared/notes/published-recipe.md).
+The defaults are the published recipe where it has one (the paper authors' released training).
 This module imports no deep-learning library, so the command line can describe it at once.
 """
 
