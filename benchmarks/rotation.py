@@ -63,8 +63,9 @@ def train_cell(out: Path, model: Path, world: str, clips: int, seed: int, varian
         data=str(training_clips(out, world, clips, seed)), output=str(folder / "run"),
         model=str(model), variant=variant, frames=geometry.frames, stride=1,
         size=(geometry.size, geometry.size), steps=cfg.steps, batch_size=cfg.batch, lr=cfg.lr,
-        p_mean=cfg.p_mean, p_std=cfg.p_std, checkpoint_every=cfg.checkpoint_every,
-        sample_every=0, device="cpu", seed=seed, resume="latest", progress=True))
+        p_mean=cfg.p_mean, p_std=cfg.p_std, cond_aug=cfg.cond_aug, clips=cfg.windows,
+        checkpoint_every=cfg.checkpoint_every, sample_every=0, device="cpu", seed=seed,
+        resume="latest", progress=True))
     shutil.copyfile(result, done)
     return done
 

@@ -18,6 +18,7 @@ from inbetweening.data import ClipDataset
 from inbetweening.methods import layer_plans
 from inbetweening.pipeline import InbetweenPipeline
 from inbetweening.toy.world import make_clips
+from inbetweening.utils import mix_seed
 
 FRAMES = 6  # the tiny model's frame count
 
@@ -145,6 +146,136 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert_close_rel(gradients(unet, weights, "rotation", "fused", batch), plain)
 
 
+# -- the samples -----------------------------------------------------------------------------------
+
+def _batches(clips_dir, pipe, **kw):
+    cfg = small_config(clips_dir, "unused", **kw)
+    return training.Batches(cfg, ClipDataset(clips_dir, FRAMES, (64, 64), 1), pipe, 0, 1)
+
+
+def test_conditioning_noise_is_one_pixel_draw_shared_by_both_frames(clips_dir, monkeypatch):
+    """The default, as published: 0.02 * one noise draw added to the first and the last frame's
+    pixels, then the VAE's mode (conditioning.image_latent, as at sampling)."""
+    calls = []
+    image_latent = conditioning.image_latent
+
+    def spy(vae, images, strength, noise):
+        calls.append((images, strength, noise))
+        return image_latent(vae, images, strength, noise)
+
+    monkeypatch.setattr(conditioning, "image_latent", spy)
+    pipe = fresh_pipe()
+    batches = _batches(clips_dir, pipe)
+    assert batches.cfg.cond_aug == "pixel"
+    for p in range(4):
+        sample = batches._sample(p)
+        images, strength, noise = calls[-1]
+        source, start = batches.window(p)
+        x = batches.dataset.window(source, start)
+        assert torch.equal(images, x[[0, -1]]) and strength == 0.02
+        assert torch.equal(noise[0], noise[1]) and noise.std() > 0.5  # one draw, for both
+        want = image_latent(pipe.vae, x[[0, -1]], 0.02, noise)
+        torch.testing.assert_close(torch.stack([sample["lat_first"], sample["lat_last"]]), want)
+    assert not torch.equal(calls[0][2], calls[1][2])  # a new draw per sample
+
+
+def test_random_windows_of_the_videos_with_sampled_latents(clips_dir):
+    """The default, as published: each draw a video (a permutation of the videos per epoch) at a
+    random start in [0, len - span], its latents a fresh sample of the VAE's distribution; all a
+    function of the seed and the position."""
+    pipe = fresh_pipe()
+    batches = _batches(clips_dir, pipe)
+    assert batches.cfg.clips == "random"
+    windows = [batches.window(p) for p in range(30)]
+    for e in range(10):  # 3 videos of 8 frames; a window spans 6: starts 0, 1, 2
+        assert sorted(s for s, _ in windows[3 * e:3 * e + 3]) == [0, 1, 2]
+    assert {start for _, start in windows} == {0, 1, 2}
+    assert len({tuple(windows[3 * e:3 * e + 3]) for e in range(10)}) > 3
+    vae, sf = pipe.vae, pipe.vae.config.scaling_factor
+    same = [p for p in range(1, 30) if windows[p] == windows[0]]
+    zs = [batches._sample(p)["z"] for p in [0, same[0]]]
+    dist = vae.encode(batches.dataset.window(*windows[0])).latent_dist
+    for z in zs:  # a sample of the distribution, not its mode
+        eps = (z / sf - dist.mean) / dist.std
+        assert abs(eps.mean()) < 0.15 and abs(eps.std() - 1) < 0.1, (eps.mean(), eps.std())
+    assert not torch.equal(zs[0], zs[1])  # the same window drawn twice: two samples
+    again = _batches(clips_dir, pipe)._sample(same[0])  # a fresh run: the same sample
+    assert torch.equal(again["z"], zs[1]) and torch.equal(again["lat_last"],
+                                                           batches._sample(same[0])["lat_last"])
+
+
+def test_fixed_clips_with_latent_augmentation_draw_as_the_toy_model_was_trained(clips_dir):
+    """--clips fixed --cond-aug latent (the bundled toy model's training): the windows of the
+    data set in a permutation per epoch, latents the VAE's mode, conditioning latents the end
+    frames' latent modes plus 0.02 * one draw each: the stream this tool has always drawn."""
+    pipe = fresh_pipe()
+    batches = _batches(clips_dir, pipe, clips="fixed", cond_aug="latent", seed=4)
+    ds, vae, sf = batches.dataset, pipe.vae, pipe.vae.config.scaling_factor
+    for p in range(7):
+        order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(
+            mix_seed(4, 1, p // len(ds))))
+        z = vae.encode(ds[int(order[p % len(ds)])]).latent_dist.mode() * sf
+        g = torch.Generator().manual_seed(mix_seed(4, 2, p))
+        sigma = conditioning.sample_sigmas(1, 0.7, 1.6, g)
+        noise = torch.randn(z.shape, generator=g)
+        lat = z[[0, -1]] / sf + 0.02 * torch.randn((2,) + z.shape[1:], generator=g)
+        got = batches._sample(p)
+        assert torch.equal(got["sigma"], sigma[0]) and torch.equal(got["noise"], noise)
+        torch.testing.assert_close(got["z"], z, rtol=0, atol=1e-6)
+        torch.testing.assert_close(torch.stack([got["lat_first"], got["lat_last"]]), lat,
+                                   rtol=0, atol=1e-6)
+
+
+def test_the_command_defaults_to_the_published_training(capsys):
+    from inbetweening.commands.train import train_config
+
+    parser = cli.build_parser()
+    base = ["train", "--data", "d", "-o", "o"]
+    cfg = train_config(parser.parse_args(base))
+    assert (cfg.cond_aug, cfg.clips, cfg.size) == ("pixel", "random", None)
+    cfg = train_config(parser.parse_args(base + ["--cond-aug", "latent", "--clips", "fixed"]))
+    assert (cfg.cond_aug, cfg.clips) == ("latent", "fixed")
+    assert cli.main(["train", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--clips {random,fixed}" in text and "1024x576" in text
+
+
+def test_an_svd_model_trains_at_1024x576_by_default(clips_dir):
+    """SVD's UNet config says 768 px square; the published training ran at 1024x576. Other models
+    train at their config's size; --size decides when given."""
+    pipe = fresh_pipe()
+    cfg = small_config(clips_dir, "unused")
+    assert training._dataset(cfg, pipe)[2] == (64, 64)  # the tiny model's config: 8 x 8 latents
+    pipe.unet.register_to_config(sample_size=96)
+    dataset, _, size = training._dataset(cfg, pipe)
+    assert size == (1024, 576) and dataset.size == (1024, 576)
+    assert training._dataset(small_config(clips_dir, "unused", size=(512, 320)), pipe)[2] == (
+        512, 320)
+
+
+def test_the_toy_backward_stage_trains_as_the_bundled_model_was(tmp_path, monkeypatch):
+    """Latent conditioning augmentation, fixed windows with cached mode latents: what the bundled
+    toy model's backward weights were trained with, whatever inbetween train's defaults."""
+    from inbetweening.commands import toy_train
+    from inbetweening.toy.world import WORLDS
+
+    seen = []
+
+    def fake_train(cfg):
+        seen.append(cfg)
+        path = tmp_path / "weights.safetensors"
+        path.write_bytes(b"")
+        return path
+
+    monkeypatch.setattr(toy_train, "train", fake_train)
+    monkeypatch.setattr(toy_train, "write_clips", lambda folder, *a, **k: folder)
+    (tmp_path / "toy").mkdir()
+    toy_train.train_backward(tmp_path / "toy", toy_train.BackwardConfig(), WORLDS["toy"])
+    (cfg,) = seen
+    assert (cfg.cond_aug, cfg.clips, cfg.stride) == ("latent", "fixed", 1)
+    assert cfg.size == (64, 64) and cfg.frames == WORLDS["toy"].frames
+
+
 # -- training runs -------------------------------------------------------------------------------
 
 def state(module) -> dict[str, torch.Tensor]:
@@ -183,8 +314,7 @@ def test_loss_falls_when_overfitting_two_clips(clips_dir, tmp_path):
     def held_out_loss() -> float:
         """The loss on the same clips at noise the run never draws (micro-steps 10000+)."""
         ds = ClipDataset(data, FRAMES, (64, 64), 1)
-        batches = training.Batches(cfg, ds, training.ClipEncoder(pipe, ds, True, False), pipe,
-                                   0, 1)
+        batches = training.Batches(cfg, ds, pipe, 0, 1)
         plans = layer_plans("gi", list(attention.temporal_attention_layers(pipe.unet)),
                             "rotation")
         objective = training.BackwardObjective(

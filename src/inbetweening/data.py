@@ -3,12 +3,15 @@
 A data folder holds videos (``.mp4 .webm .gif .mov .mkv .avi``) and/or frame folders (a folder of
 images, in name order, is one video), at any depth. From each video, clips of ``num_frames``
 frames are taken ``stride`` frames apart (the published recipe: 14 frames at stride 2, i.e. from
-27 consecutive frames), in non-overlapping windows from the start; each frame is resized to cover
-the training size and centre-cropped to it. Videos too short for one clip and files that cannot
-be read are skipped and counted; a folder with no usable clip is an error that says why.
+27 consecutive frames): item ``i`` is one of the non-overlapping windows from the start (what
+``inbetween train --clips fixed`` cycles through), and :meth:`ClipDataset.window` is the window
+at any start (``--clips random``, the default, draws one per sample, as the published training
+does). Each frame is resized to cover the training size and centre-cropped to it. Videos too
+short for one clip and files that cannot be read are skipped and counted; a folder with no usable
+clip is an error that says why.
 
-Videos are decoded when a clip is asked for (the training loop caches what it encodes), so a
-large data set costs no memory up front.
+Videos are decoded when a clip is asked for (frame folders: only the frames it uses), so a large
+data set costs no memory up front.
 """
 
 from __future__ import annotations
@@ -188,8 +191,20 @@ class ClipDataset(torch.utils.data.Dataset):
         frames, _ = media.read_video(self.report.sources[source_index].path)
         return np.stack([fit_frame(f, self.size) for f in frames])
 
+    @property
+    def videos(self) -> int:
+        """How many videos (sources) the clips come from."""
+        return len(self.report.sources)
+
+    def starts(self, source_index: int) -> int:
+        """How many windows video ``source_index`` has (starts 0 .. frames - span)."""
+        return self.report.sources[source_index].frames - self.span + 1
+
     def __getitem__(self, index: int) -> torch.Tensor:
-        source_index, start = self.clips[index]
+        return self.window(*self.clips[index])
+
+    def window(self, source_index: int, start: int) -> torch.Tensor:
+        """The clip of video ``source_index`` from frame ``start``: (F, 3, H, W) in [-1, 1]."""
         source = self.report.sources[source_index]
         if source.is_folder:  # read only the frames this clip uses
             files = source.files[start:start + self.span:self.stride]
@@ -197,7 +212,7 @@ class ClipDataset(torch.utils.data.Dataset):
         else:
             frames = self._frames(source_index)[start:start + self.span:self.stride]
         if len(frames) != self.num_frames:  # the video changed since the scan
-            raise InbetweeningError(f"{self.describe(index)}: the video has fewer frames than "
-                                    "when it was scanned")
+            raise InbetweeningError(f"{source.path} frames {start}..{start + self.span - 1}: the "
+                                    "video has fewer frames than when it was scanned")
         video = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
         return video.float() / 127.5 - 1.0

@@ -15,7 +15,8 @@ from .utils import InbetweeningError
 
 DUAL_PASSES = ("split", "fused", "reference")  # see inbetweening.training's docstring
 VARIANTS = ("rotation", "no-rotation")  # the keys of backward.VARIANTS (a test holds them equal)
-COND_AUGS = ("latent", "pixel")
+COND_AUGS = ("pixel", "latent")
+CLIPS = ("random", "fixed")
 PRECISIONS = ("no", "fp16", "bf16")
 SAVE_DTYPES = ("fp32", "fp16", "bf16")
 
@@ -52,7 +53,12 @@ class TrainConfig:
         "frames per clip (default: the model's)", group="data"))
     stride: int = field(default=2, metadata=_opt("take every stride-th frame", group="data"))
     size: tuple[int, int] | None = field(default=None, metadata=_opt(  # (width, height)
-        "WxH, multiples of 64 (default: the model's)", parse=parse_size, group="data"))
+        "WxH, multiples of 64 (default: 1024x576 for an SVD model, as published; another "
+        "model's own size)", parse=parse_size, group="data"))
+    clips: str = field(default="random", metadata=_opt(
+        "random (published): every sample a random window of a video, its latents a fresh "
+        "sample of the VAE's distribution; fixed: the videos' non-overlapping windows, encoded "
+        "once (the VAE's mode) and cached: faster on a small set", choices=CLIPS, group="data"))
     # optimisation
     steps: int = field(default=15_000, metadata=_opt("optimizer steps", group="optimisation"))
     batch_size: int = field(default=1, metadata=_opt(
@@ -83,9 +89,11 @@ class TrainConfig:
         "SVD's motion-bucket conditioning", group="noise and conditioning"))
     noise_aug: float = field(default=0.02, metadata=_opt(
         "noise augmentation of the conditioning frames", group="noise and conditioning"))
-    cond_aug: str = field(default="latent", metadata=_opt(
-        "add the conditioning noise to the latent (published training) or to the pixels before "
-        "the VAE (as SVD samples)", choices=COND_AUGS, group="noise and conditioning"))
+    cond_aug: str = field(default="pixel", metadata=_opt(
+        "pixel (published, as SVD samples): one noise draw times --noise-aug added to the first "
+        "and the last frame's pixels, then the VAE's mode; latent: the noise (a draw per frame) "
+        "added to the frames' latent modes instead", choices=COND_AUGS,
+        group="noise and conditioning"))
     # machinery
     dual_pass: str = field(default="split", metadata=_opt(
         "split: no-grad forward call + backward call on its flipped Q, K; fused: one UNet call "
@@ -96,12 +104,11 @@ class TrainConfig:
     gradient_checkpointing: bool = field(default=False, metadata=_opt(
         "recompute the UNet's activations in the backward pass, to save memory",
         group="machinery"))
-    cache_latents: bool = field(default=True, metadata=_opt(  # encode each clip once (VAE, CLIP)
-        "encode clips at every step instead of once", negate="--no-cache", group="machinery"))
     device: str | None = field(default=None, metadata=_opt(
         "default: cuda if available", choices=("cpu", "cuda"), group="machinery"))
     seed: int = field(default=0, metadata=_opt(
-        "seed of the clip order, noise levels and noise", group="optimisation"))
+        "seed of the clip order and windows, latent samples, noise levels and noise",
+        group="optimisation"))
     # bookkeeping
     checkpoint_every: int = field(default=500, metadata=_opt(
         "steps between checkpoints", group="bookkeeping"))

@@ -6,8 +6,14 @@ line: :mod:`inbetweening.commands.train`; its options: :mod:`inbetweening.train_
 
 One optimizer step, for clips x (B, F, 3, H, W) in [-1, 1]:
 
-1. z = VAE(x).mode() * scaling_factor (no grad; cached per clip), the CLIP embeddings of the
-   first and last frames (cached), and their conditioning latents with noise augmentation.
+1. The clips: by default (``--clips random``, as published) each sample is a random window of a
+   video, and z = VAE(x).latent_dist.sample() * scaling_factor, a fresh sample every step (no
+   grad); ``--clips fixed`` cycles through the videos' non-overlapping windows with z the VAE's
+   mode, encoded once and cached (faster on a small set). The CLIP embeddings of the first and
+   last frames (clean), and their conditioning latents with noise augmentation: by default
+   (``--cond-aug pixel``, as published and as SVD samples) one noise draw, times ``noise_aug``,
+   added to both frames' pixels, then the VAE's mode; ``latent`` adds a draw per frame to the
+   frames' latent modes instead.
 2. ln(sigma) ~ N(p_mean, p_std^2), noise n. The forward branch is the clip, noised,
    z + sigma * n, conditioned on its FIRST frame (frozen: it only lends its attention); the
    backward branch is the same noisy video flipped in time, i.e. the reversed clip z.flip +
@@ -30,9 +36,10 @@ Step 3 can be run three ways, equal up to float rounding (``dual_pass``):
 ``benchmarks/training.py`` times the three. On the toy model's shapes (CPU, fp32) ``split`` and
 ``reference`` tie (the maps are tiny at 8 frames) and ``fused`` is 1.14-1.38x slower (1 to 4
 clips); for ``no-rotation``, ``split`` skips the forward call and is 1.5x faster than both.
-Randomness (clip order, sigma, noise) is a pure function of the seed and a sample's position in
-the run, so a resumed run repeats an uninterrupted one, and N processes at batch B, one process
-at batch N*B and one at batch B with N-step accumulation all see the same samples.
+Randomness (clip order, window starts, latent samples, sigma, noise) is a pure function of the
+seed and a sample's position in the run, so a resumed run repeats an uninterrupted one, and N
+processes at batch B, one process at batch N*B and one at batch B with N-step accumulation all
+see the same samples.
 """
 
 from __future__ import annotations
@@ -49,7 +56,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import attention, backward, conditioning
-from .train_config import COND_AUGS, DUAL_PASSES, PRECISIONS, SAVE_DTYPES, TrainConfig
+from .train_config import CLIPS, COND_AUGS, DUAL_PASSES, PRECISIONS, SAVE_DTYPES, TrainConfig
 from .utils import InbetweeningError, _protected, atomic_torch_save, check_target, mix_seed
 
 LOG_FILE = "log.csv"
@@ -119,7 +126,7 @@ class BackwardObjective(torch.nn.Module):
         return per_sample.mean(), per_sample.detach()
 
 
-# -- data: clips -> cached latents -> random batches ---------------------------------------------
+# -- data: clips -> latents -> random batches ------------------------------------------------------
 
 
 def _generator(seed: int, *keys: int) -> torch.Generator:
@@ -129,7 +136,7 @@ def _generator(seed: int, *keys: int) -> torch.Generator:
 
 @dataclass
 class Encoded:
-    """What a clip contributes to a batch, computed once."""
+    """What a clip contributes to a batch."""
 
     z: torch.Tensor  # (F, C, h, w) latents * scaling_factor
     emb: torch.Tensor  # (2, 1, D) CLIP embeddings of the first and last frame
@@ -137,51 +144,74 @@ class Encoded:
 
 
 class ClipEncoder:
-    """Encodes clips for training (no grad), with a per-clip cache."""
+    """Encodes windows of the data set's videos for training (no grad): the latents are the
+    VAE's mode (cached per window when ``cache``), or a sample drawn with a given generator."""
 
     def __init__(self, pipe, dataset, cache: bool, keep_ends: bool, chunk: int = 8):
         self.pipe, self.dataset, self.chunk = pipe, dataset, chunk
-        self.cache: dict[int, Encoded] | None = {} if cache else None
+        self.cache: dict[tuple[int, int], Encoded] | None = {} if cache else None
         self.keep_ends = keep_ends
 
     @torch.no_grad()
-    def __call__(self, index: int) -> Encoded:
-        if self.cache is not None and index in self.cache:
-            return self.cache[index]
+    def __call__(self, source: int, start: int, generator: torch.Generator | None = None
+                 ) -> Encoded:
+        """The window of video ``source`` from frame ``start``; ``generator``: sample the
+        latents with it (never cached), else take the mode."""
+        key = (source, start)
+        if generator is None and self.cache is not None and key in self.cache:
+            return self.cache[key]
         pipe = self.pipe
-        device = pipe.unet.device
-        x = self.dataset[index].to(device)  # (F, 3, H, W)
-        vae = pipe.vae
-        z = torch.cat([vae.encode(x[a:a + self.chunk].to(vae.dtype)).latent_dist.mode()
-                       for a in range(0, len(x), self.chunk)]).float()
-        z = z * vae.config.scaling_factor
+        x = self.dataset.window(source, start).to(pipe.unet.device)  # (F, 3, H, W)
         ends = x[[0, -1]]
         emb = conditioning.clip_embedding(pipe.image_encoder, pipe.feature_extractor, ends)
-        out = Encoded(z.cpu(), emb.float().cpu(), ends.cpu() if self.keep_ends else None)
-        if self.cache is not None:
-            self.cache[index] = out
+        out = Encoded(self._latents(x, generator).cpu(), emb.float().cpu(),
+                      ends.cpu() if self.keep_ends else None)
+        if generator is None and self.cache is not None:
+            self.cache[key] = out
         return out
+
+    def _latents(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        vae = self.pipe.vae
+        parts = []
+        for a in range(0, len(x), self.chunk):
+            dist = vae.encode(x[a:a + self.chunk].to(vae.dtype)).latent_dist
+            parts.append(dist.mode() if generator is None else dist.sample(generator=generator))
+        return torch.cat(parts).float() * vae.config.scaling_factor
 
 
 class Batches:
     """Micro-batch ``m`` of the whole run, for this process. The global stream of samples is a
-    pure function of the seed: position p is clip ``perm(epoch)[p % n]`` with its own sigma and
-    noise, so any split into processes, micro-steps and batches sees the same samples."""
+    pure function of the seed: position p draws item ``perm(epoch)[p % n]`` (``--clips random``:
+    a video, at a random start, its latents sampled; ``fixed``: one of the data set's windows)
+    with its own sigma and noise, so any split into processes, micro-steps and batches sees the
+    same samples."""
 
-    def __init__(self, cfg: TrainConfig, dataset, encoder: ClipEncoder, pipe, rank: int,
-                 world: int):
-        self.cfg, self.dataset, self.encoder, self.pipe = cfg, dataset, encoder, pipe
+    def __init__(self, cfg: TrainConfig, dataset, pipe, rank: int, world: int):
+        self.cfg, self.dataset, self.pipe = cfg, dataset, pipe
         self.rank, self.world = rank, world
+        self.random = cfg.clips == "random"
+        self.encoder = ClipEncoder(pipe, dataset, cache=not self.random,
+                                   keep_ends=cfg.cond_aug == "pixel")
+        self.items = dataset.videos if self.random else len(dataset)  # what an epoch permutes
         self.global_batch = cfg.batch_size * world
         self.offset = 0  # position of micro-step 0 (a resumed run continues where it stopped)
         self._perms: dict[int, torch.Tensor] = {}
 
-    def clip_index(self, position: int) -> int:
-        n = len(self.dataset)
+    def item(self, position: int) -> int:
+        """The video (random) or window (fixed) that ``position`` draws."""
+        n = self.items
         epoch = position // n
         if epoch not in self._perms:
             self._perms = {epoch: torch.randperm(n, generator=_generator(self.cfg.seed, 1, epoch))}
         return int(self._perms[epoch][position % n])
+
+    def window(self, position: int) -> tuple[int, int]:
+        """(video, start frame) of the clip that ``position`` draws."""
+        if not self.random:
+            return self.dataset.clips[self.item(position)]
+        source = self.item(position)
+        g = _generator(self.cfg.seed, 3, position)
+        return source, int(torch.randint(self.dataset.starts(source), (1,), generator=g))
 
     def position(self, micro_step: int) -> int:
         """Samples consumed (all processes) before micro-step ``micro_step``: the data position."""
@@ -189,8 +219,9 @@ class Batches:
 
     def _sample(self, position: int) -> dict[str, torch.Tensor]:
         """One training sample (on the CPU): a clip, its noise level, noise and conditioning."""
-        cfg, vae = self.cfg, self.pipe.vae
-        item = self.encoder(self.clip_index(position))
+        cfg = self.cfg
+        latent_g = _generator(cfg.seed, 4, position) if self.random else None
+        item = self.encoder(*self.window(position), latent_g)
         g = _generator(cfg.seed, 2, position)
         if cfg.sigma_set:
             sigma = torch.tensor([cfg.sigma_set[int(torch.randint(len(cfg.sigma_set), (1,),
@@ -198,15 +229,20 @@ class Batches:
         else:
             sigma = conditioning.sample_sigmas(1, cfg.p_mean, cfg.p_std, g)
         noise = torch.randn(item.z.shape, generator=g)
-        if cfg.cond_aug == "latent":  # published training: the frame's latent mode + noise
-            aug = torch.randn((2,) + item.z.shape[1:], generator=g)
-            lat = item.z[[0, -1]] / vae.config.scaling_factor + cfg.noise_aug * aug
-        else:  # as SVD samples: noise on the pixels, then the VAE
-            aug = torch.randn(item.ends.shape, generator=g)
-            lat = conditioning.image_latent(vae, item.ends.to(vae.device), cfg.noise_aug,
-                                            aug.to(vae.device)).float().cpu()
+        lat = self._cond_latents(item, g)
         return dict(z=item.z, sigma=sigma[0], noise=noise, emb_first=item.emb[0],
                     emb_last=item.emb[1], lat_first=lat[0], lat_last=lat[1])
+
+    def _cond_latents(self, item: Encoded, g: torch.Generator) -> torch.Tensor:
+        """The first and last frame's conditioning latents, noise-augmented: (2, C, h, w)."""
+        cfg, vae = self.cfg, self.pipe.vae
+        if cfg.cond_aug == "latent":  # the frames' latent modes + a noise draw each
+            aug = torch.randn((2,) + item.z.shape[1:], generator=g)
+            return item.z[[0, -1]] / vae.config.scaling_factor + cfg.noise_aug * aug
+        # published, as SVD samples: one noise draw on both frames' pixels, then the VAE's mode
+        aug = torch.randn((1,) + item.ends.shape[1:], generator=g).expand_as(item.ends)
+        return conditioning.image_latent(vae, item.ends.to(vae.device), cfg.noise_aug,
+                                         aug.to(vae.device)).float().cpu()
 
     @torch.no_grad()
     def __call__(self, micro_step: int) -> dict[str, torch.Tensor]:
@@ -360,7 +396,9 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.dual_pass not in DUAL_PASSES:
         raise InbetweeningError(f"--dual-pass must be one of {', '.join(DUAL_PASSES)}")
     if cfg.cond_aug not in COND_AUGS:
-        raise InbetweeningError("--cond-aug must be 'latent' or 'pixel'")
+        raise InbetweeningError("--cond-aug must be 'pixel' or 'latent'")
+    if cfg.clips not in CLIPS:
+        raise InbetweeningError("--clips must be 'random' or 'fixed'")
     if cfg.mixed_precision not in (None, *PRECISIONS):
         raise InbetweeningError("--mixed-precision must be no, fp16 or bf16")
     if cfg.save_dtype not in SAVE_DTYPES:
@@ -554,9 +592,7 @@ def _set_up(cfg: TrainConfig, accelerator, out: Path, pipe) -> _Run:
     objective = _objective(cfg, pipe, weights, accelerator.device)
     params = list(weights.values())
     dataset, frames, size = _dataset(cfg, pipe)
-    encoder = ClipEncoder(pipe, dataset, cfg.cache_latents, keep_ends=cfg.cond_aug == "pixel")
-    batches = Batches(cfg, dataset, encoder, pipe, accelerator.process_index,
-                      accelerator.num_processes)
+    batches = Batches(cfg, dataset, pipe, accelerator.process_index, accelerator.num_processes)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
                                   weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -598,8 +634,9 @@ def _dataset(cfg: TrainConfig, pipe):
     """The training clips, their frame count and their (width, height)."""
     from .data import ClipDataset
 
-    default_w, default_h = pipe.default_size()
-    size = cfg.size or (default_w, default_h)
+    # With no image, default_size is the published training size for an SVD-family UNet
+    # (config sample_size 96: 1024x576, landscape) and the config's own square size otherwise.
+    size = cfg.size or tuple(pipe.default_size())
     frames = cfg.frames or pipe.unet.config.num_frames
     return ClipDataset(cfg.data, frames, size, cfg.stride), frames, size
 
@@ -618,9 +655,10 @@ def _resume(run: _Run, path: Path, state: dict) -> None:
     _set_rng_state(state["rng"])
     run.step, run.elapsed = state["step"], state["elapsed"]
     batches.offset = state["data"]["position"] - batches.position(run.step * cfg.grad_accum)
-    if state["data"]["clips"] != len(run.dataset):
-        run.say(f"note: the data set had {state['data']['clips']} clips at the checkpoint and "
-                f"has {len(run.dataset)} now; the clip order differs from an uninterrupted run")
+    if state["data"]["clips"] != batches.items:
+        what = "videos" if batches.random else "clips"
+        run.say(f"note: the data set had {state['data']['clips']} {what} at the checkpoint and "
+                f"has {batches.items} now; the clip order differs from an uninterrupted run")
     run.say(f"resuming from {path} (step {run.step})")
 
 
@@ -634,6 +672,9 @@ def _announce(run: _Run) -> None:
             f"{run.batches.global_batch * cfg.grad_accum} clips per step, "
             f"{run.size[0]}x{run.size[1]}, {run.frames} frames, mixed precision "
             f"{acc.mixed_precision}, dual pass {cfg.dual_pass}")
+    run.say("clips: " + ("a random window of a video per sample, latents sampled from the VAE"
+                         if cfg.clips == "random" else "fixed windows, latents (the VAE's mode) "
+                         "cached") + f"; conditioning noise on the {cfg.cond_aug}s")
 
 
 # -- the loop --------------------------------------------------------------------------------------
@@ -710,8 +751,8 @@ def _save_checkpoint(run: _Run) -> None:
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
         "rng": _rng_state(),
-        "data": {"position": position, "epoch": position // len(batches.dataset),
-                 "clips": len(batches.dataset), "global_batch": batches.global_batch},
+        "data": {"position": position, "epoch": position // batches.items,
+                 "clips": batches.items, "global_batch": batches.global_batch},
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
     }
     atomic_torch_save(state, run.out / CHECKPOINT_DIR / f"step-{run.step:07d}.pt")

@@ -4,7 +4,7 @@ A field's ``metadata`` says how it appears on the command line: ``help``; ``choi
 (a function of the string, for values that are not plain numbers or text); ``flag`` (the option
 name, default ``--field-name``); ``short`` (e.g. ``-o``); ``required``; ``group`` (a heading in
 ``--help``); ``negate`` (for a True-by-default bool: the flag that turns it off, e.g.
-``--no-cache``); ``cli`` False to leave a field out. Booleans that default to False are flags.
+``--no-progress``); ``cli`` False to leave a field out. Booleans that default to False are flags.
 """
 
 from __future__ import annotations

@@ -284,7 +284,10 @@ def train_forward(out: Path, cfg: ForwardConfig, world: WorldConfig, device: str
 class BackwardConfig:
     """The backward stage: the product's own ``inbetween train`` (Alg. 1) on toy clips. The
     published recipe except where the toy world differs: its noise levels are those the toy
-    forward model was trained on, and a higher constant learning rate for a short run."""
+    forward model was trained on, and a higher constant learning rate for a short run. The bundled
+    model was trained with the conditioning noise on the latents and the clips' fixed windows
+    (latents: the VAE's mode, cached), from before the published ones became the defaults: kept,
+    so that this stage reproduces it."""
 
     clips: int = 400  # the paper used 100 videos
     steps: int = 1500
@@ -294,6 +297,8 @@ class BackwardConfig:
     p_std: float = ForwardConfig.p_std
     checkpoint_every: int = 100
     sample_every: int = 500
+    cond_aug: str = "latent"  # inbetween train's --cond-aug (its default: pixel)
+    windows: str = "fixed"  # its --clips (default: random)
 
 
 def write_clips(folder: Path, count: int, world: WorldConfig, seed: int = TRAIN_SEED + 7) -> Path:
@@ -328,8 +333,9 @@ def train_backward(out: Path, cfg: BackwardConfig, world: WorldConfig, device: s
     result = train(TrainConfig(
         data=str(data), output=str(out / "backward"), model=str(out), frames=world.frames,
         stride=1, size=(world.size, world.size), steps=cfg.steps, batch_size=cfg.batch,
-        lr=cfg.lr, p_mean=cfg.p_mean, p_std=cfg.p_std, checkpoint_every=cfg.checkpoint_every,
-        sample_every=cfg.sample_every, device=device, seed=0, resume="latest"))
+        lr=cfg.lr, p_mean=cfg.p_mean, p_std=cfg.p_std, cond_aug=cfg.cond_aug, clips=cfg.windows,
+        checkpoint_every=cfg.checkpoint_every, sample_every=cfg.sample_every, device=device,
+        seed=0, resume="latest"))
     shutil.copyfile(result, out / WEIGHTS_FILENAME)
     _write_stage_report(out, "backward", {"steps": cfg.steps, "seconds": time.time() - t0,
                                           "note": "seconds of this run (a resumed run counts "
