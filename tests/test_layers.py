@@ -17,7 +17,7 @@ LAYERS = [
     ["utils"],
     ["options", "methods", "media", "conditioning", "attention", "baselines", "metrics",
      "toy.world", "toy.autoencoder"],
-    ["backward", "sampling", "data", "toy.models", "toy.tracker", "toy.blending"],
+    ["backward", "sampling", "peers", "data", "toy.models", "toy.tracker", "toy.blending"],
     ["pipeline"],
     ["loading", "keyframes"],
     # the application layer: the work commands do, then the commands, then the entry point
@@ -25,7 +25,7 @@ LAYERS = [
     ["commands", "commands.*"],
     ["cli", "__main__"],
 ]
-MODEL_LAYER = {"attention", "backward", "conditioning", "methods", "sampling", "pipeline"}
+MODEL_LAYER = {"attention", "backward", "conditioning", "methods", "sampling", "peers", "pipeline"}
 APPLICATION = {"cli", "app", "evaluation", "training", "demo", "commands"}
 
 

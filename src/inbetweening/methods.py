@@ -10,6 +10,25 @@ trf        time-reversal fusion (Feng et al. 2024): the backward direction is th
            model run on the time-flipped video from the end frame; no rotation, base weights.
 forward    plain SVD from the start frame; the end frame is not used.
 =========  ==================================================================================
+
+The peers (:mod:`inbetweening.peers`; their sampler is not GI's, see :data:`SAMPLING`):
+
+=============  ==============================================================================
+trf-avg        what ``trf`` has meant so far: GI's sampler (Euler with per-step recurrence,
+               average fusion, symmetrised guidance) with the base model in both directions.
+vibid          ViBiDSampler (Yang et al. 2025): sequential forward and backward steps with one
+               re-noise in between, no fusion; CFG++ and the last-frame constraint. Base model.
+gi-sequential  ViBiD's sequential schedule with GI's backward direction (fine-tuned backward
+               weights, rotated maps); needs backward weights like ``gi``.
+mpd            Motion Prior Distillation (Jeon et al. 2026) on ViBiD: in the first steps the
+               backward estimate is distilled from the forward one instead of denoised from the
+               end frame. Base model.
+=============  ==============================================================================
+
+Once the pipeline dispatches on :data:`SAMPLING`, ``trf`` is TRF as its authors ran it (linear
+fusion weights, unsymmetrised per-frame guidance, Euler with jumps back: ``peers.sample_trf``)
+and :data:`PEER_METHODS` join :data:`METHODS`; until then the pipeline runs every method of
+:data:`METHODS` with GI's sampler, so ``trf`` there is still the ``trf-avg`` computation.
 """
 
 from __future__ import annotations
@@ -22,6 +41,16 @@ if TYPE_CHECKING:  # (imported when used: the method names are needed without to
     from .attention import LayerPlan
 
 METHODS = ("gi", "gi-noft", "trf", "forward")
+# Methods whose sampler the pipeline does not dispatch to yet (see the module docstring).
+PEER_METHODS = ("trf-avg", "vibid", "gi-sequential", "mpd")
+
+# The sampler of each method: "recurrence" (sampling.SAMPLERS over InbetweenDenoiser, with noise
+# re-injection), "trf" (peers.sample_trf over InbetweenDenoiser with linear fusion and
+# unsymmetrised guidance), "sequential" (peers.sample_sequential over two path denoisers) or
+# "mpd" (peers.sample_mpd over the same two).
+SAMPLING = {"gi": "recurrence", "gi-noft": "recurrence", "trf-avg": "recurrence",
+            "forward": "recurrence", "trf": "trf", "vibid": "sequential",
+            "gi-sequential": "sequential", "mpd": "mpd"}
 
 
 def check_method(method: str) -> str:
@@ -30,9 +59,17 @@ def check_method(method: str) -> str:
     return method
 
 
+def _known(method: str) -> str:
+    """A method of METHODS or PEER_METHODS (the pieces the peers' samplers are built from)."""
+    if method not in METHODS + PEER_METHODS:
+        raise InbetweeningError(f"unknown method {method!r}; choose one of "
+                                f"{', '.join(METHODS + PEER_METHODS)}")
+    return method
+
+
 def is_dual(method: str) -> bool:
-    """Whether the method fuses a forward and a backward direction."""
-    return check_method(method) != "forward"
+    """Whether the method uses a forward and a backward direction."""
+    return _known(method) != "forward"
 
 
 def layer_plans(method: str, layers: list[str], backward_variant: str | None) -> dict[str, LayerPlan]:
@@ -43,11 +80,11 @@ def layer_plans(method: str, layers: list[str], backward_variant: str | None) ->
     """
     from .attention import LayerPlan, is_up_block
 
-    check_method(method)
-    if method == "gi":
+    _known(method)
+    if method in ("gi", "gi-sequential"):
         if backward_variant is None:
             raise InbetweeningError(
-                "method 'gi' needs backward weights (--backward FILE); without them use "
+                f"method {method!r} needs backward weights (--backward FILE); without them use "
                 "'gi-noft' or 'trf'")
         rotate = backward_variant == "rotation"
         return {n: LayerPlan(rotate=rotate, backward_weights=True) for n in layers}
