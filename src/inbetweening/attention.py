@@ -45,9 +45,17 @@ class LayerPlan:
     backward_weights: bool  # project with the backward weights (else the base weights)
 
 
+def unwrap(unet):
+    """The UNet itself under a ``torch.compile`` wrapper (whose module names gain an
+    ``_orig_mod.`` prefix); ``unet`` when it is not wrapped."""
+    return getattr(unet, "_orig_mod", unet)
+
+
 def temporal_attention_layers(unet) -> dict[str, torch.nn.Module]:
-    """The temporal self-attention modules of an SVD UNet, by module name, in model order."""
-    return {name: m for name, m in unet.named_modules() if name.endswith(TEMPORAL_SELF_ATTENTION)}
+    """The temporal self-attention modules of an SVD UNet, by module name (as in the unwrapped
+    UNet, see :func:`unwrap`), in model order."""
+    return {name: m for name, m in unwrap(unet).named_modules()
+            if name.endswith(TEMPORAL_SELF_ATTENTION)}
 
 
 def is_up_block(layer_name: str) -> bool:
@@ -213,7 +221,9 @@ def _check_layer(name: str, attn) -> None:
 
 def install(unet) -> dict[str, TemporalAttentionProcessor]:
     """Give every temporal self-attention layer a :class:`TemporalAttentionProcessor` (once) and
-    return them by layer name. Other processors are left as they are."""
+    return them by layer name. Other processors are left as they are. A compiled UNet
+    (``torch.compile``) is controlled through the module it wraps."""
+    unet = unwrap(unet)
     layers = temporal_attention_layers(unet)
     if not layers:
         raise InbetweeningError("this UNet has no temporal self-attention layers "
@@ -234,7 +244,7 @@ def install(unet) -> dict[str, TemporalAttentionProcessor]:
 def installed(unet) -> dict[str, TemporalAttentionProcessor]:
     """The processors :func:`install` put on ``unet`` (empty if none)."""
     out = {}
-    for key, proc in unet.attn_processors.items():
+    for key, proc in unwrap(unet).attn_processors.items():
         if isinstance(proc, TemporalAttentionProcessor):
             out[key.removesuffix(".processor")] = proc
     return out
