@@ -245,6 +245,7 @@ class InbetweenPipeline(DiffusionPipeline):
         self.backward_metadata: dict[str, str] = {}
         self.defaults: dict = {}  # recommended __call__ arguments of this model (CLI, app, demo)
         self._guidance_scale, self._num_timesteps, self._interrupt = None, 0, False
+        self._num_predictions = 0
         attention.install(self.unet)
 
     # -- what diffusers' callbacks read ----------------------------------------------------------
@@ -257,6 +258,12 @@ class InbetweenPipeline(DiffusionPipeline):
     def num_timesteps(self) -> int:
         """The sampling steps of the current (or last) call."""
         return self._num_timesteps
+
+    @property
+    def num_predictions(self) -> int:
+        """UNet predictions per video of the current (or last) call: one fused prediction covers
+        both directions (the cost unit of the recipes)."""
+        return self._num_predictions
 
     @property
     def interrupt(self) -> bool:
@@ -614,6 +621,7 @@ class InbetweenPipeline(DiffusionPipeline):
         self._guidance_scale, self._interrupt = max_guidance_scale, False
         on_step = self._step_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
         total = count_predictions(num_inference_steps, reinject_count, reinject_fraction)
+        self._num_predictions = total
         out = []
         with self.progress_bar(total=total * len(pairs)) as bar:
             for pair, g, z in zip(pairs, generators, given):

@@ -12,6 +12,7 @@ from ..utils import atomic_path
 from .results import Settings, record_path, rounded, write_json
 from .sets import BenchmarkSet
 
+RUN_TO_RUN = ("seconds",)  # in metrics.json only: the table and plots repeat exactly
 # Metric name -> (column title, higher is better, decimals).
 METRICS = {
     "psnr": ("PSNR", True, 2),
@@ -21,6 +22,9 @@ METRICS = {
     "trajectory_error": ("trajectory error (px)", False, 2),
     "direction_consistency": ("direction consistency", True, 3),
     "blended": ("blended vehicle-frames", False, 3),
+    # the cost of a video: UNet predictions (fused: both directions in one) and wall time
+    "predictions": ("predictions / video", False, 0),
+    "seconds": ("seconds / video", False, 2),  # (metrics.json only: it varies run to run)
     "fid": ("FID", False, 2),
     "fvd": ("FVD", False, 2),
 }
@@ -47,7 +51,8 @@ def _fmt(value: float, decimals: int) -> str:
 
 def markdown_table(result: dict, settings: Settings, bset: BenchmarkSet, notes: list[str]) -> str:
     methods = list(result["methods"])
-    columns = [k for k in METRICS if any(k in result["methods"][m] for m in methods)]
+    columns = [k for k in METRICS if k not in RUN_TO_RUN
+               and any(k in result["methods"][m] for m in methods)]
     best = {}
     for k in columns:
         values = [result["methods"][m].get(k) for m in methods]
@@ -90,7 +95,8 @@ def write_plots(result: dict, folder: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     methods = list(result["methods"])
-    columns = [k for k in METRICS if any(k in result["methods"][m] for m in methods)]
+    columns = [k for k in METRICS if k not in RUN_TO_RUN
+               and any(k in result["methods"][m] for m in methods)]
     written = []
     colors = plt.get_cmap("tab10")
 

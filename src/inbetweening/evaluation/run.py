@@ -124,10 +124,16 @@ def _run_pairs(out, bset, methods, pipe, options, seed, nets, state, quiet, on_r
         print(f"resuming: {done} of {len(bset.pairs) * len(methods)} results already in {out}")
     desc = "evaluate" if state.num_processes == 1 else f"evaluate [{state.process_index}]"
     for pair, method in tqdm(mine, desc=desc, position=state.process_index, disable=quiet):
+        t0 = time.perf_counter()
         video = generate(method, pair, bset, pipe=pipe, options=options, seed=seed)
+        seconds = time.perf_counter() - t0
         save_npz(video_path(out, method, pair.id), video)
-        record = {"pair": pair.id, "method": method, "seed": pair_seed(seed, pair.id)
-                  if method in DIFFUSION_METHODS else None, **score(video, pair, bset, nets.lpips)}
+        diffusion = method in DIFFUSION_METHODS
+        record = {"pair": pair.id, "method": method,
+                  "seed": pair_seed(seed, pair.id) if diffusion else None,
+                  **score(video, pair, bset, nets.lpips),
+                  "predictions": pipe.num_predictions if diffusion else 0,
+                  "seconds": seconds}
         write_json(record_path(out, method, pair.id), record)
         if on_record is not None:
             on_record(method, pair.id)
