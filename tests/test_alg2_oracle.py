@@ -18,8 +18,8 @@ edm_scalings). Per prediction at sigma:
 
 Only the per-keyframe conditioning (CLIP embedding, noise-augmented VAE latent, added time ids)
 and the keyframe preprocessing come from the package. The noise comes from one generator in the
-pipeline's order: the augmentation noise of the start frame, of the end frame, the initial
-latent, then the re-injection noise.
+pipeline's order: the keyframes' augmentation noise (one draw, added to both, as published), the
+initial latent, then the re-injection noise.
 """
 
 from __future__ import annotations
@@ -90,11 +90,11 @@ def _literal_unets(unet):
     return fwd, bwd, store
 
 
-def _condition(pipe, keyframe, generator):
-    """(CLIP embedding, noise-augmented conditioning latent) of one keyframe; draws its noise."""
+def _condition(pipe, keyframe, noise):
+    """(CLIP embedding, noise-augmented conditioning latent) of one keyframe, augmented with
+    ``noise``."""
     image = pipe.preprocess(keyframe, SIZE, SIZE, "crop")  # (1, 3, H, W) in [-1, 1]
     embedding = conditioning.clip_embedding(pipe.image_encoder, pipe.feature_extractor, image)
-    noise = torch.randn(image.shape, generator=generator, dtype=image.dtype)
     latent = conditioning.image_latent(pipe.vae, image, AUG, noise)
     return embedding, latent
 
@@ -105,8 +105,9 @@ def alg2_oracle(pipe, start, end, steps: int, reinject_count: int, seed: int = S
     """The final latent (1, F, C, h, w). ``broken`` (for the sensitivity check only) drops one
     piece of Alg. 2: "flip-back", "flip-in" or "end-condition"."""
     g = torch.Generator().manual_seed(seed)
-    emb_s, lat_s = _condition(pipe, start, g)
-    emb_e, lat_e = _condition(pipe, end, g)
+    noise = torch.randn((1, 3, SIZE, SIZE), generator=g)  # one draw for both keyframes (published)
+    emb_s, lat_s = _condition(pipe, start, noise)
+    emb_e, lat_e = _condition(pipe, end, noise)
     ids = conditioning.added_time_ids(FPS, MOTION, AUG, 1)
     scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     scheduler.set_timesteps(steps)
