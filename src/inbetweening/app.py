@@ -409,7 +409,7 @@ def _as_int(value, what: str) -> int:
 
 def _seed(value) -> int:
     """The page's seed: a negative one means a random one; else 0 to 2**64 - 1 (torch's)."""
-    from .commands.common import check_seed
+    from .options import check_seed
 
     seed = _as_int(value, "seed")
     if seed < 0:

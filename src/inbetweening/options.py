@@ -62,6 +62,13 @@ RECIPES = {
 }
 
 
+def check_seed(seed: int) -> int:
+    """A seed a torch generator takes: 0 to 2**64 - 1."""
+    if not 0 <= seed < 2**64:
+        raise InbetweeningError(f"a seed must be between 0 and 2**64 - 1, not {seed}")
+    return seed
+
+
 def _help(text: str, **more) -> dict:
     return {"help": text, **more}
 

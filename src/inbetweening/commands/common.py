@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from ..options import SamplingOptions
-from ..utils import InbetweeningError
 from .args import add_dataclass_args, from_args
 
 
@@ -32,10 +31,3 @@ def add_sampling_args(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) ->
 def sampling_options(args: argparse.Namespace, **overrides) -> SamplingOptions:
     """The checked :class:`SamplingOptions` of parsed arguments."""
     return from_args(SamplingOptions, args, **overrides).check()
-
-
-def check_seed(seed: int) -> int:
-    """A seed a torch generator takes: 0 to 2**64 - 1."""
-    if not 0 <= seed < 2**64:
-        raise InbetweeningError(f"a seed must be between 0 and 2**64 - 1, not {seed}")
-    return seed

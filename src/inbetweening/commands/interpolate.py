@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from .common import add_model_args, add_sampling_args, check_seed, sampling_options
+from ..options import check_seed
+from .common import add_model_args, add_sampling_args, sampling_options
 
 
 def seed_generator(seed: int | None):
