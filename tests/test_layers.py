@@ -136,3 +136,20 @@ def test_the_library_the_cli_and_training_need_no_evaluation_extra(tiny_model_di
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip().endswith("(4, 64, 64, 3)")
+
+
+def test_every_import_of_the_package_names_one_of_its_modules():
+    """``from .x import y`` must name a module that exists (a wrong level imports nothing until
+    the line runs, and function-local imports run late)."""
+    modules = {module_name(p) for p in ROOT.rglob("*.py")}
+    wrong = []
+    for path in ROOT.rglob("*.py"):
+        name = module_name(path)
+        package = name.split(".")[:-1] if path.name != "__init__.py" else name.split(".")
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level and node.module:
+                base = package[:len(package) - node.level + 1] if node.level > 1 else package
+                target = ".".join(base + [node.module])
+                if target not in modules:
+                    wrong.append(f"{name}: from {'.' * node.level}{node.module}")
+    assert not wrong, wrong

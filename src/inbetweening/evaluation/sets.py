@@ -226,7 +226,7 @@ def model_geometry(model) -> tuple[int, int, int] | None:
     """(frames, width, height) a local diffusers SVD folder was configured for (from its config
     files, without loading weights), or None when unknown."""
     from ..loading import resolve_model
-    from .pipeline import vae_scale_factor
+    from ..pipeline import vae_scale_factor
 
     source = resolve_model(model)
     if source is None or not Path(source).is_dir():
