@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
 from inbetweening.evaluation import evaluate, make_toy_set
+from inbetweening.evaluation.report import mean_and_spread
 from inbetweening.options import SamplingOptions
 from inbetweening.sampling import predictions
 
@@ -72,14 +72,9 @@ def summarise(rows: list[dict]) -> list[dict]:
         groups.setdefault((r["setting"], r["recipe"]), []).append(r)
     table = []
     for (setting, recipe), runs in sorted(groups.items()):
-        entry = {"setting": setting, "recipe": recipe, "predictions": runs[0]["predictions"],
-                 "seeds": len(runs)}
-        for m in METRICS + ("seconds",):
-            values = [r[m] for r in runs if r.get(m) is not None]
-            if values:
-                entry[m] = statistics.fmean(values)
-                entry[m + "_spread"] = max(values) - min(values)
-        table.append(entry)
+        table.append({"setting": setting, "recipe": recipe, "seeds": len(runs),
+                      "predictions": runs[0]["predictions"],
+                      **mean_and_spread(runs, METRICS + ("seconds",))})
     return table
 
 

@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 from dataclasses import replace
 from pathlib import Path
 
 from inbetweening.backward import WEIGHTS_FILENAME
 from inbetweening.commands.toy_train import TRAIN_SEED, BackwardConfig, write_clips
 from inbetweening.evaluation import evaluate, make_toy_set
+from inbetweening.evaluation.report import mean_and_spread
 from inbetweening.toy.models import BUNDLED_MODEL
 from inbetweening.toy.world import WORLDS
 from inbetweening.train_config import TrainConfig
@@ -87,13 +87,8 @@ def summarise(rows: list[dict]) -> list[dict]:
         groups.setdefault((r["world"], r["clips"], r["variant"]), []).append(r)
     table = []
     for (world, clips, variant), runs in sorted(groups.items()):
-        entry = {"world": world, "clips": clips, "variant": variant, "seeds": len(runs)}
-        for m in METRICS:
-            values = [r[m] for r in runs if m in r]
-            if values:
-                entry[m] = statistics.fmean(values)
-                entry[m + "_spread"] = max(values) - min(values)
-        table.append(entry)
+        table.append({"world": world, "clips": clips, "variant": variant, "seeds": len(runs),
+                      **mean_and_spread(runs, METRICS)})
     return table
 
 

@@ -176,3 +176,16 @@ def write_report(out: Path, bset: BenchmarkSet, methods: list[str], settings: Se
         tmp.write_text(markdown_table(result, settings, bset, notes))
     write_json(out / "metrics.json", result)
     return result
+
+
+def mean_and_spread(runs: list[dict], names) -> dict:
+    """For each of ``names`` present in ``runs`` (one dict per seed): its mean over the runs and
+    its spread (max - min), as ``NAME`` and ``NAME_spread``."""
+    out = {}
+    for name in names:
+        values = [r[name] for r in runs if r.get(name) is not None]
+        if values:
+            out[name] = float(np.mean(values))
+            out[name + "_spread"] = max(values) - min(values)
+    return out
+
