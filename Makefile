@@ -38,7 +38,9 @@ e2e: $(E2E_STAMP)
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium; }
 	INBETWEENING_E2E=1 INBETWEENING_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q tests/e2e
 
+# (an out/demo written before outputs carried their mark is this target's own: cleared once)
 demo: $(STAMP)
+	test -f out/demo/.inbetweening-output.json || rm -rf out/demo
 	$(BIN)/inbetween demo -o out/demo --overwrite
 
 benchmark: $(STAMP)
