@@ -92,3 +92,16 @@ def test_an_ambiguous_toy_set_records_its_world(tmp_path):
     assert manifest["world"] == "ambiguous"
     speeds = [s["speed"] for p in manifest["pairs"] for s in p["sprites"]]
     assert all(s < 1.5 or s > 3.5 for s in speeds)  # slow or fast, nothing between
+
+
+def test_methods_all_names_every_method_and_unknown_ones_are_refused():
+    from inbetweening.evaluation.scoring import parse_methods
+    from inbetweening.methods import METHODS
+    from inbetweening.utils import InbetweeningError
+
+    every = parse_methods("all")
+    assert every == list(evaluation.ALL_METHODS) and set(METHODS) <= set(every)
+    assert {"vibid", "gi-sequential", "mpd", "trf-avg", "flow"} <= set(every)
+    assert parse_methods("gi, vibid,gi") == ["gi", "vibid"]
+    with pytest.raises(InbetweeningError, match="unknown method 'film'"):
+        parse_methods("gi,film")

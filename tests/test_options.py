@@ -40,3 +40,18 @@ def test_recipes_cost_what_they_promise_and_explicit_options_override_them():
 def test_bad_options_are_refused(bad):
     with pytest.raises(InbetweeningError):
         SamplingOptions(**bad).check()
+
+
+def test_the_torch_free_names_are_the_samplers_names():
+    from inbetweening import options, sampling
+
+    assert options.SAMPLER_NAMES == tuple(sampling.SAMPLERS)
+    assert options.REINJECT_PLACES == sampling.REINJECT_PLACES
+
+
+@pytest.mark.parametrize("field,value", [("sampler", "lms"), ("reinject_at", "last")])
+def test_unknown_sampler_or_placement_is_refused(field, value):
+    with pytest.raises(InbetweeningError, match=field.replace("_", "-")):
+        SamplingOptions(**{field: value}).check()
+    good = {"sampler": "heun", "reinject_at": "middle"}[field]
+    assert SamplingOptions(**{field: good}).check().call_kwargs()[field] == good

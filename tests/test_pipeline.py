@@ -201,3 +201,75 @@ def test_gi_without_backward_weights_is_refused(keyframes):
     with pytest.raises(InbetweeningError, match="needs backward weights"):
         pipe(*keyframes, method="gi", **RUN)
     assert _run(pipe, keyframes, method="trf").shape == (1, 6, 3, 64, 64)
+
+
+# -- the samplers and the peers through the pipeline ---------------------------------------------
+@pytest.mark.parametrize("sampler,at", [("heun", "first"), ("dpmpp-2m", "first"),
+                                        ("euler", "middle"), ("dpmpp-2m", "alternate")])
+def test_samplers_fused_equals_reference_and_counts(tiny_pipe, keyframes, sampler, at):
+    """Every sampler and re-injection placement through the pipeline: the fused path equals the
+    literal two-call reference, the UNet is called ``num_predictions`` times, and the video is
+    not the default recipe's."""
+    from inbetweening.sampling import predictions
+
+    kw = dict(max_guidance_scale=3.0, sampler=sampler, reinject_at=at, reinject_count=2,
+              reinject_fraction=0.5)
+    sizes = _unet_batches(tiny_pipe)
+    fused = _run(tiny_pipe, keyframes, **kw)
+    assert len(sizes) == tiny_pipe.num_predictions == predictions(sampler, 4, 2, 0.5,
+                                                                  reinject_at=at)
+    ref = _run(tiny_pipe, keyframes, dual_pass="reference", **kw)
+    assert (fused - ref).abs().max().item() <= 1e-4
+    plain = _run(tiny_pipe, keyframes, max_guidance_scale=3.0, reinject_count=2,
+                 reinject_fraction=0.5)
+    assert (fused - plain).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("method", ["trf", "vibid", "gi-sequential", "mpd"])
+def test_peer_methods_run_their_own_samplers(tiny_pipe, keyframes, method):
+    """The pipeline's video of a peer method is its sampler (tested against each paper's
+    algorithm in test_peers.py) over the pipeline's own conditioning, with every draw from the
+    caller's generator, in the pipeline's order: keyframe noise, initial latent, sampler."""
+    from inbetweening import conditioning, peers
+    from inbetweening.methods import layer_plans
+
+    got = _run(tiny_pipe, keyframes, seed=3, method=method, output_type="latent")
+    assert tiny_pipe.num_predictions == peers.peer_predictions(method, 4)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        images, conds = tiny_pipe.keyframe_conditions(keyframes, 64, 64, "crop", 0.02, g, "cpu")
+        ids = conditioning.added_time_ids(7, 127, 0.02, 1, dtype=torch.float32, device="cpu")
+        from inbetweening import attention, backward
+
+        plans = layer_plans(method, list(attention.temporal_attention_layers(tiny_pipe.unet)),
+                            backward.loaded_variant(tiny_pipe.unet))
+        parts = peers.denoisers_for(method, tiny_pipe.unet, conds[0], conds[1], ids,
+                                    num_frames=6, min_guidance_scale=1.0, max_guidance_scale=3.0,
+                                    plans=plans)
+        latents = [peers.clean_latent(tiny_pipe.vae, im) for im in images]
+        tiny_pipe.scheduler.set_timesteps(4)
+        sigmas = tiny_pipe.scheduler.sigmas.float()
+        x = tiny_pipe.initial_latent((1, 6, 4, 8, 8), g, None, "cpu")
+        want = peers.sample_peer(method, parts, x, sigmas, generator=g, start_latent=latents[0],
+                                 end_latent=latents[1])
+    assert torch.equal(got, want)
+    other = _run(tiny_pipe, keyframes, seed=4, method=method, output_type="latent")
+    assert (got - other).abs().max() > 1e-3  # the seed reaches every draw
+
+
+def test_gi_sequential_without_backward_weights_is_refused(keyframes):
+    from conftest import tiny_components
+
+    from inbetweening.pipeline import InbetweenPipeline
+
+    pipe = InbetweenPipeline(**tiny_components())
+    with pytest.raises(InbetweeningError, match="needs backward weights"):
+        pipe(*keyframes, method="gi-sequential", **RUN)
+    assert _run(pipe, keyframes, method="vibid").shape == (1, 6, 3, 64, 64)
+
+
+@pytest.mark.parametrize("kw, message", [(dict(sampler="lms"), "unknown sampler"),
+                                         (dict(reinject_at="last"), "reinject_at")])
+def test_bad_sampler_arguments(tiny_pipe, keyframes, kw, message):
+    with pytest.raises(InbetweeningError, match=message):
+        tiny_pipe(*keyframes, **{**RUN, **kw})

@@ -315,8 +315,12 @@ class InbetweenApp:
         d = self.defaults()
         method_labels = {"gi": "gi: generative inbetweening (the paper)",
                          "gi-noft": "gi-noft: rotated attention, no fine-tuning",
-                         "trf": "trf: time-reversal fusion",
-                         "forward": "forward: plain image-to-video from the first keyframe"}
+                         "trf": "trf: time-reversal fusion (as its release)",
+                         "forward": "forward: plain image-to-video from the first keyframe",
+                         "trf-avg": "trf-avg: time-reversal fusion with GI's sampler",
+                         "vibid": "vibid: ViBiDSampler (sequential, no fine-tuning)",
+                         "gi-sequential": "gi-sequential: ViBiD's schedule, GI's backward model",
+                         "mpd": "mpd: motion prior distillation (on ViBiD)"}
         with gr.Blocks(title="Inbetweening", delete_cache=(600, 3600),
                        analytics_enabled=False) as page:
             gr.Markdown("# Inbetweening\nThe video between your keyframes, by dual-directional "
@@ -418,7 +422,7 @@ def _seed(value) -> int:
 
 
 def serve(*, host: str = DEFAULT_HOST, port: int | None = None, limits: Limits = Limits(),
-          model=None, backward=None, device=None, dtype=None) -> None:
+          model=None, backward=None, device=None, dtype=None, compile: bool = False) -> None:
     """Load the model and serve the page until stopped (Ctrl-C or SIGTERM: the work folder is
     removed either way)."""
     import signal
@@ -430,7 +434,7 @@ def serve(*, host: str = DEFAULT_HOST, port: int | None = None, limits: Limits =
         raise InbetweeningError("the app needs Gradio: pip install 'inbetweening[app]'") from None
     from .loading import load_pipeline
 
-    pipe = load_pipeline(model, backward, device, dtype)
+    pipe = load_pipeline(model, backward, device, dtype, compile=compile)
     workdir = Path(tempfile.mkdtemp(prefix="inbetween-app-"))
 
     def on_term(signum, frame):  # as Ctrl-C: unwind, so the work folder is cleaned up

@@ -11,10 +11,13 @@ trf        time-reversal fusion (Feng et al. 2024): the backward direction is th
 forward    plain SVD from the start frame; the end frame is not used.
 =========  ==================================================================================
 
-The peers (:mod:`inbetweening.peers`; their sampler is not GI's, see :data:`SAMPLING`):
+The peers (:mod:`inbetweening.peers`), each with its own sampler (see :data:`SAMPLING`):
 
 =============  ==============================================================================
-trf-avg        what ``trf`` has meant so far: GI's sampler (Euler with per-step recurrence,
+trf            TRF as its authors' release runs it (``peers.sample_trf``): linear fusion
+               weights over frames, per-direction (unsymmetrised) guidance, Euler with jumps
+               back (RePaint-style re-noising). Base model in both directions.
+trf-avg        what ``trf`` meant before: GI's sampler (Euler with per-step recurrence,
                average fusion, symmetrised guidance) with the base model in both directions.
 vibid          ViBiDSampler (Yang et al. 2025): sequential forward and backward steps with one
                re-noise in between, no fusion; CFG++ and the last-frame constraint. Base model.
@@ -24,11 +27,6 @@ mpd            Motion Prior Distillation (Jeon et al. 2026) on ViBiD: in the fir
                backward estimate is distilled from the forward one instead of denoised from the
                end frame. Base model.
 =============  ==============================================================================
-
-Once the pipeline dispatches on :data:`SAMPLING`, ``trf`` is TRF as its authors ran it (linear
-fusion weights, unsymmetrised per-frame guidance, Euler with jumps back: ``peers.sample_trf``)
-and :data:`PEER_METHODS` join :data:`METHODS`; until then the pipeline runs every method of
-:data:`METHODS` with GI's sampler, so ``trf`` there is still the ``trf-avg`` computation.
 """
 
 from __future__ import annotations
@@ -40,9 +38,9 @@ from .utils import InbetweeningError
 if TYPE_CHECKING:  # (imported when used: the method names are needed without torch)
     from .attention import LayerPlan
 
-METHODS = ("gi", "gi-noft", "trf", "forward")
-# Methods whose sampler the pipeline does not dispatch to yet (see the module docstring).
+# The peers added beside the first four (``trf`` is a peer too: its sampler is TRF's own).
 PEER_METHODS = ("trf-avg", "vibid", "gi-sequential", "mpd")
+METHODS = ("gi", "gi-noft", "trf", "forward") + PEER_METHODS
 
 # The sampler of each method: "recurrence" (sampling.SAMPLERS over InbetweenDenoiser, with noise
 # re-injection), "trf" (peers.sample_trf over InbetweenDenoiser with linear fusion and
@@ -59,17 +57,9 @@ def check_method(method: str) -> str:
     return method
 
 
-def _known(method: str) -> str:
-    """A method of METHODS or PEER_METHODS (the pieces the peers' samplers are built from)."""
-    if method not in METHODS + PEER_METHODS:
-        raise InbetweeningError(f"unknown method {method!r}; choose one of "
-                                f"{', '.join(METHODS + PEER_METHODS)}")
-    return method
-
-
 def is_dual(method: str) -> bool:
     """Whether the method uses a forward and a backward direction."""
-    return _known(method) != "forward"
+    return check_method(method) != "forward"
 
 
 def layer_plans(method: str, layers: list[str], backward_variant: str | None) -> dict[str, LayerPlan]:
@@ -80,7 +70,7 @@ def layer_plans(method: str, layers: list[str], backward_variant: str | None) ->
     """
     from .attention import LayerPlan, is_up_block
 
-    _known(method)
+    check_method(method)
     if method in ("gi", "gi-sequential"):
         if backward_variant is None:
             raise InbetweeningError(

@@ -16,6 +16,10 @@ from dataclasses import dataclass, field
 from .methods import METHODS
 from .utils import InbetweeningError
 
+# (kept here and checked against inbetweening.sampling in the tests: this module is torch-free)
+SAMPLER_NAMES = ("euler", "heun", "dpmpp-2m")
+REINJECT_PLACES = ("first", "middle", "alternate")
+
 FUSES = ("average", "linear")
 # The range of each whole-number option: beyond these a run would never end or make no video.
 LIMITS = {"frames": (3, 1024), "steps": (1, 1000), "fps": (1, 240), "reinject": (0, 50),
@@ -82,8 +86,10 @@ class SamplingOptions:
         "recipe), balanced, fast; options given explicitly override it (default: the model's "
         "settings)", choices=tuple(RECIPES)))
     method: str = field(default="gi", metadata=_help(
-        "gi (the paper), gi-noft (no fine-tuning), trf (time-reversal fusion), forward (plain "
-        "SVD from the first keyframe)", choices=METHODS))
+        "gi (the paper), gi-noft (no fine-tuning), trf (time-reversal fusion, as its release), "
+        "forward (plain SVD from the first keyframe), trf-avg (TRF with GI's sampler), vibid "
+        "(ViBiDSampler), gi-sequential (ViBiD's schedule with GI's backward model), mpd (motion "
+        "prior distillation)", choices=METHODS))
     frames: int | None = field(default=None, metadata=_help(
         "frames per segment, keyframes included (default: the model's)"))
     steps: int | None = field(default=None, metadata=_help(
@@ -98,6 +104,12 @@ class SamplingOptions:
         "noise re-injections per step (default 5 for two-direction methods)"))
     reinject_fraction: float | None = field(default=None, metadata=_help(
         "fraction of the steps that get re-injection (default 0.5)"))
+    reinject_at: str | None = field(default=None, metadata=_help(
+        "which steps get re-injection: first (default, as published), middle, alternate (every "
+        "other step)", choices=REINJECT_PLACES))
+    sampler: str | None = field(default=None, metadata=_help(
+        "euler (default, the paper's), heun (2 predictions a step), dpmpp-2m (DPM-Solver++(2M)); "
+        "for gi, gi-noft, trf-avg and forward", choices=SAMPLER_NAMES))
     fuse: str | None = field(default=None, metadata=_help(
         "how the two directions are fused (default average)", choices=FUSES))
     dual_pass: str | None = field(default=None, metadata=_help(
@@ -135,6 +147,11 @@ class SamplingOptions:
                                         f"not {lo},{hi}")
         if self.fuse is not None and self.fuse not in FUSES:
             raise InbetweeningError(f"fuse must be one of {', '.join(FUSES)}, not {self.fuse!r}")
+        for name, allowed in (("sampler", SAMPLER_NAMES), ("reinject_at", REINJECT_PLACES)):
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise InbetweeningError(f"{name.replace('_', '-')} must be one of "
+                                        f"{', '.join(allowed)}, not {value!r}")
         if self.dual_pass is not None and self.dual_pass not in DUAL_PASSES:
             raise InbetweeningError(f"dual-pass must be one of {', '.join(DUAL_PASSES)}, not "
                                     f"{self.dual_pass!r}")
@@ -155,6 +172,7 @@ class SamplingOptions:
         kw = dict(method=self.method, num_frames=self.frames, num_inference_steps=self.steps,
                   fps=self.fps, fuse=self.fuse, dual_pass=self.dual_pass,
                   reinject_count=self.reinject, reinject_fraction=self.reinject_fraction,
+                  reinject_at=self.reinject_at, sampler=self.sampler,
                   max_unet_batch=self.max_unet_batch, decode_chunk_size=self.decode_chunk)
         if self.size is not None:
             kw["width"], kw["height"] = self.size

@@ -49,11 +49,11 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 
-from . import attention, backward, conditioning
-from .methods import check_method, is_dual, layer_plans
+from . import attention, backward, conditioning, peers
+from .methods import SAMPLING, check_method, is_dual, layer_plans
 from .sampling import (
-    InbetweenDenoiser, KeyframeCondition, count_predictions, fuse_weights, guidance_per_frame,
-    sample_euler,
+    REINJECT_PLACES, SAMPLERS, InbetweenDenoiser, KeyframeCondition, fuse_weights,
+    guidance_per_frame, predictions,
 )
 from .toy.autoencoder import PatchAutoencoder
 from .utils import InbetweeningError
@@ -378,9 +378,17 @@ class InbetweenPipeline(DiffusionPipeline):
         return SVD_SIZE[::-1] if portrait else SVD_SIZE
 
     def check_inputs(self, height: int, width: int, num_frames: int, method: str,
-                     num_inference_steps: int) -> None:
-        """The size, frame count, method and step count of a call."""
+                     num_inference_steps: int, sampler: str = "euler",
+                     reinject_at: str = "first") -> None:
+        """The size, frame count, method, step count, sampler and re-injection placement of a
+        call."""
         check_method(method)
+        if sampler not in SAMPLERS:
+            raise InbetweeningError(f"unknown sampler {sampler!r}; choose one of "
+                                    f"{', '.join(SAMPLERS)}")
+        if reinject_at not in REINJECT_PLACES:
+            raise InbetweeningError(f"reinject_at must be one of {', '.join(REINJECT_PLACES)}, "
+                                    f"not {reinject_at!r}")
         if height % 64 or width % 64 or height <= 0 or width <= 0:
             raise InbetweeningError(f"size {width}x{height} is not a multiple of 64 in both sides")
         trained = self.unet.config.num_frames
@@ -424,14 +432,15 @@ class InbetweenPipeline(DiffusionPipeline):
         return KeyframeCondition(embedding=embedding, latent=latent.to(embedding.dtype))
 
     def keyframe_conditions(self, keyframes, height: int, width: int, fit: str,
-                            noise_aug_strength: float, generator, device) -> list:
-        """Conditioning for one video's keyframes (start, and end if not None). As the published
-        code does, ONE augmentation noise, of a keyframe's shape and drawn from ``generator``,
-        is added to every keyframe."""
+                            noise_aug_strength: float, generator, device) -> tuple[list, list]:
+        """Conditioning for one video's keyframes (start, and end if not None), and the
+        preprocessed keyframe images. As the published code does, ONE augmentation noise, of a
+        keyframe's shape and drawn from ``generator``, is added to every keyframe."""
         images = [self.preprocess(k, height, width, fit) for k in keyframes if k is not None]
         noise = randn_tensor(images[0].shape, generator=generator, device=device,
                              dtype=images[0].dtype)
-        return [self.encode_keyframe(im, noise_aug_strength, noise, device) for im in images]
+        return images, [self.encode_keyframe(im, noise_aug_strength, noise, device)
+                        for im in images]
 
     def initial_latent(self, shape, generator, given: torch.Tensor | None, device) -> torch.Tensor:
         """The latent sampling starts from: ``given`` (one video's part of the ``latents``
@@ -490,23 +499,54 @@ class InbetweenPipeline(DiffusionPipeline):
             return out
         return on_step
 
-    def _sample(self, denoiser, x, sigmas, generator, reinject_count, reinject_fraction, bar,
-                on_step) -> tuple[torch.Tensor, bool]:
-        """One video's latent from ``x``; also whether :attr:`interrupt` stopped it (then the
-        latent is the one reached, at the noise level it had)."""
-        def denoise(x, sigma):
-            if self._interrupt:  # set from another thread
-                raise _Interrupted(x)
-            out = denoiser(x, sigma)
-            bar.update()
-            return out
+    def _sample(self, run, x, bar) -> tuple[torch.Tensor, bool]:
+        """One video's latent from ``x`` by ``run(wrap, x)`` (a sampler call whose denoisers are
+        passed through ``wrap``: a progress-bar tick per prediction and the :attr:`interrupt`
+        check); also whether :attr:`interrupt` stopped it (then the latent is the one reached, at
+        the noise level it had)."""
+        def wrap(denoiser):
+            def denoise(x, sigma):
+                if self._interrupt:  # set from another thread
+                    raise _Interrupted(x)
+                out = denoiser(x, sigma)
+                bar.update()
+                return out
+            return denoise
 
         try:
-            return sample_euler(denoise, x, sigmas, generator=generator,
-                                reinject_count=reinject_count,
-                                reinject_fraction=reinject_fraction, callback=on_step), False
+            return run(wrap, x), False
         except _Interrupted as stop:
             return stop.latents, True
+
+    def _sampler_run(self, method: str, images, conds, ids, sigmas, generator, on_step,
+                     settings: dict):
+        """``run(wrap, x)`` for :meth:`_sample`: the method's sampler (``methods.SAMPLING``) over
+        its denoisers for one video's keyframe conditions ``conds`` (of the preprocessed keyframes
+        ``images``) and time ids ``ids``."""
+        kind = SAMPLING[method]
+        if kind == "recurrence":
+            denoiser = settings["make_denoiser"](conds[0], conds[1] if len(conds) > 1 else None,
+                                                 ids)
+            sample = SAMPLERS[settings["sampler"]]
+            return lambda wrap, x: sample(
+                wrap(denoiser), x, sigmas, generator=generator,
+                reinject_count=settings["reinject_count"],
+                reinject_fraction=settings["reinject_fraction"],
+                reinject_at=settings["reinject_at"], callback=on_step)
+        parts = peers.denoisers_for(
+            method, self.unet, conds[0], conds[1], ids, num_frames=settings["num_frames"],
+            min_guidance_scale=settings["min_guidance_scale"],
+            max_guidance_scale=settings["max_guidance_scale"], plans=settings["plans"],
+            dual_pass=settings["dual_pass"], max_rows=settings["max_unet_batch"],
+            cfgpp_scale=settings["cfgpp_scale"])
+        start_latent = end_latent = None
+        if kind in ("sequential", "mpd"):  # the last-frame constraints: the clean keyframes
+            with self._vae_upcast():
+                start_latent, end_latent = (peers.clean_latent(self.vae, im.to(sigmas.device))
+                                            for im in images)
+        return lambda wrap, x: peers.sample_peer(
+            method, parts, x, sigmas, generator=generator, start_latent=start_latent,
+            end_latent=end_latent, wrap=wrap, callback=on_step)
 
     def _video_inputs(self, start_image, end_image, num_videos_per_prompt, generator):
         """Keyframe pairs (end None for one-direction methods) and generators, one per video:
@@ -559,8 +599,11 @@ class InbetweenPipeline(DiffusionPipeline):
         noise_aug_strength: float = 0.02,
         reinject_count: int | None = None,
         reinject_fraction: float = 0.5,
+        reinject_at: str = "first",
+        sampler: str = "euler",
         fuse: str = "average",
         method: str = "gi",
+        cfgpp_scale: float = peers.VIBID_CFGPP_SCALE,
         dual_pass: str = "fused",
         max_unet_batch: int | None = None,
         fit: str = "crop",
@@ -580,11 +623,22 @@ class InbetweenPipeline(DiffusionPipeline):
         keyframe of the other. ``num_videos_per_prompt`` videos are made per keyframe pair, one
         after another: ``frames[j]``. ``height``/``width`` default to :meth:`default_size` of the
         start keyframe. ``reinject_count`` defaults to 5 for the two-direction methods (the
-        published recipe) and 0 for ``forward``. The per-frame guidance is linspace(min, max);
+        published recipe) and 0 for ``forward``; ``reinject_at`` places the re-injected steps
+        (``"first"``: the first ``int(steps * reinject_fraction)``, as published; ``"middle"``;
+        ``"alternate"``: every other step). ``sampler``: ``"euler"`` (the paper's), ``"heun"``
+        (two predictions a step) or ``"dpmpp-2m"`` (DPM-Solver++(2M), one a step), each with the
+        same re-injection. The per-frame guidance is linspace(min, max);
         with ``fuse="average"`` two-direction methods use it symmetrised, ``(g + g.flip) / 2``,
         as the published code does (its ``weighted_average``, ``fuse="linear"``, does not).
         ``max_unet_batch`` caps the rows of one UNet call (the fused batch is split, forward and
         backward rows kept together) to save memory; None or 0: one call.
+
+        The peer methods have their own samplers (:mod:`inbetweening.peers`; ``methods.SAMPLING``):
+        ``trf`` (linear fusion, per-direction guidance, its release's jumps back), ``vibid``,
+        ``gi-sequential`` and ``mpd`` (sequential steps guided with CFG++ at ``cfgpp_scale``,
+        ViBiD's 1.0; ``min/max_guidance_scale`` do not apply to these three). ``sampler``,
+        ``reinject_*`` and ``fuse`` apply only to the methods sampled with re-injection (``gi``,
+        ``gi-noft``, ``trf-avg``, ``forward``) and are ignored by the peers.
 
         All noise of a video (one keyframe augmentation noise shared by both keyframes, the
         initial latent unless ``latents`` gives it, re-injection) comes from its generator: a
@@ -606,7 +660,8 @@ class InbetweenPipeline(DiffusionPipeline):
         height, width = height or default_h, width or default_w
         num_frames = num_frames or self.unet.config.num_frames
         reinject_count = (5 if dual else 0) if reinject_count is None else reinject_count
-        self.check_inputs(height, width, num_frames, method, num_inference_steps)
+        self.check_inputs(height, width, num_frames, method, num_inference_steps, sampler,
+                          reinject_at)
         plans = self._layer_plans(method, dual)
         device = self._execution_device
         sigmas = self._sigmas(num_inference_steps, device)
@@ -615,24 +670,32 @@ class InbetweenPipeline(DiffusionPipeline):
         given = self._given_latents(latents, len(pairs), shape)
         guidance = guidance_per_frame(num_frames, min_guidance_scale, max_guidance_scale,
                                       symmetric=dual and fuse == "average")
-        make_denoiser = functools.partial(  # (start, end, added_time_ids) -> denoiser
-            InbetweenDenoiser, self.unet, method, guidance=guidance, plans=plans,
-            fuse=fuse_weights(num_frames, fuse), dual_pass=dual_pass, max_rows=max_unet_batch)
+        settings = dict(
+            sampler=sampler, reinject_count=reinject_count, reinject_fraction=reinject_fraction,
+            reinject_at=reinject_at, num_frames=num_frames, min_guidance_scale=min_guidance_scale,
+            max_guidance_scale=max_guidance_scale, plans=plans, dual_pass=dual_pass,
+            max_unet_batch=max_unet_batch, cfgpp_scale=cfgpp_scale,
+            make_denoiser=functools.partial(  # (start, end, added_time_ids) -> denoiser
+                InbetweenDenoiser, self.unet, method, guidance=guidance, plans=plans,
+                fuse=fuse_weights(num_frames, fuse), dual_pass=dual_pass,
+                max_rows=max_unet_batch))
         self._guidance_scale, self._interrupt = max_guidance_scale, False
         on_step = self._step_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
-        total = count_predictions(num_inference_steps, reinject_count, reinject_fraction)
+        if SAMPLING[method] == "recurrence":
+            total = predictions(sampler, num_inference_steps, reinject_count, reinject_fraction,
+                                reinject_at=reinject_at)
+        else:
+            total = peers.peer_predictions(method, num_inference_steps)
         self._num_predictions = total
         out = []
         with self.progress_bar(total=total * len(pairs)) as bar:
             for pair, g, z in zip(pairs, generators, given):
-                conds = self.keyframe_conditions(pair, height, width, fit, noise_aug_strength, g,
-                                                 device)
+                images, conds = self.keyframe_conditions(pair, height, width, fit,
+                                                         noise_aug_strength, g, device)
                 ids = conditioning.added_time_ids(fps, motion_bucket_id, noise_aug_strength, 1,
                                                   dtype=conds[0].embedding.dtype, device=device)
-                denoiser = make_denoiser(conds[0], conds[1] if dual else None, ids)
-                x, stopped = self._sample(denoiser, self.initial_latent(shape, g, z, device),
-                                          sigmas, g, reinject_count, reinject_fraction, bar,
-                                          on_step)
+                run = self._sampler_run(method, images, conds, ids, sigmas, g, on_step, settings)
+                x, stopped = self._sample(run, self.initial_latent(shape, g, z, device), bar)
                 out.append(x)
                 if stopped:
                     break

@@ -42,7 +42,7 @@ def run_evaluate(args) -> None:
     result = evaluate(args.set, args.methods, args.out, model=args.model, backward=args.backward,
                       device=args.device, dtype=args.dtype, seed=args.seed, options=options,
                       lpips=args.lpips_weights, inception=args.inception_weights,
-                      fvd=args.fvd_weights, overwrite=args.overwrite)
+                      fvd=args.fvd_weights, overwrite=args.overwrite, compile=args.compile)
     if result is not None:
         print((Path(args.out) / "metrics.md").read_text())
 
@@ -96,7 +96,8 @@ def add_command(sub) -> None:
                "features (the content-debiased FVD). Without them those columns are skipped.")
     ev.add_argument("set", metavar="SET", help="benchmark set folder (with manifest.json)")
     ev.add_argument("--methods", default=DEFAULT_METHODS,
-                    help=f"comma-separated, from {', '.join(ALL_METHODS)} (default: all)")
+                    help=f"comma-separated, from {', '.join(ALL_METHODS)}, or all (default: "
+                         f"{DEFAULT_METHODS})")
     ev.add_argument("--out", required=True, help="results folder")
     ev.add_argument("--overwrite", action="store_true",
                     help="discard results already in --out and start afresh")

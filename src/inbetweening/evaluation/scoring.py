@@ -19,7 +19,10 @@ from .sets import BenchmarkSet, Pair
 
 
 def parse_methods(text: str) -> list[str]:
+    """Comma-separated method names (``all``: every method) -> the list, each once."""
     methods = [m.strip() for m in text.split(",") if m.strip()]
+    if methods == ["all"]:
+        return list(ALL_METHODS)
     unknown = [m for m in methods if m not in ALL_METHODS]
     if unknown:
         raise InbetweeningError(f"unknown method {unknown[0]!r}; choose from "
