@@ -49,6 +49,34 @@ def test_interpolate_writes_a_video_and_a_seed_repeats_it(files, model_args, tmp
     assert "seed " in capsys.readouterr().out  # no --seed: the one used is printed
 
 
+def test_compile_sampler_and_peer_method_options(files, model_args, tmp_path, monkeypatch):
+    """--compile runs the UNet through torch.compile (here its eager backend: no C compiler
+    work in a test) and makes the same video; --sampler, --reinject-at and the peer methods reach
+    the pipeline (each gives another video)."""
+    from inbetweening import attention
+
+    compiled = []
+    real = torch.compile
+
+    def spy(model, **kw):
+        compiled.append(model)
+        return real(model, **{**kw, "backend": "eager"})
+
+    monkeypatch.setattr(torch, "compile", spy)
+    videos = {}
+    for name, extra in [("plain", []), ("compiled", ["--compile"]),
+                        ("heun", ["--sampler", "heun"]), ("middle", ["--reinject-at", "middle"]),
+                        ("vibid", ["--method", "vibid"])]:
+        out = tmp_path / name  # PNG frames: no lossy encoding between the videos compared
+        assert run("interpolate", files["a"], files["b"], "-o", out, "--seed", 3, *model_args,
+                   "--steps", 3, *extra) == 0
+        videos[name] = media.read_video(out)[0].astype(int)
+    assert len(compiled) == 1 and attention.unwrap(compiled[0]) is compiled[0]
+    assert abs(videos["plain"] - videos["compiled"]).max() <= 1
+    for name in ("heun", "middle", "vibid"):
+        assert abs(videos["plain"] - videos[name]).max() > 1, name
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing", "no such file"),
     ("text", "not an image file"),

@@ -60,9 +60,14 @@ def tiny_random_components(num_frames: int = 8, seed: int = 0) -> dict:
 
 
 def resolve_model(model: str | os.PathLike | None) -> str | Path | None:
-    """The model to load: ``model`` as given, else the bundled toy model; None if neither."""
+    """The model to load: ``model`` as given (a folder, a hub id, or a bundled model's name:
+    ``toy``, ``toy-ambiguous``), else the bundled toy model; None if neither."""
     if model not in (None, ""):
         path = Path(model)
+        if not path.exists() and str(model) in toy_models.NAMED_MODELS:
+            path = toy_models.NAMED_MODELS[str(model)]
+            if not (path / "model_index.json").is_file():
+                raise InbetweeningError(f"the bundled model {model!r} is not in this install")
         if path.exists():
             if not (path / "model_index.json").is_file():
                 raise InbetweeningError(f"{path} is not a diffusers model folder (no "
@@ -121,13 +126,14 @@ def _quiet_loading():
 
 
 def load_pipeline(model=None, backward=None, device=None, dtype=None, *, quiet: bool = False,
-                  allow_random: bool = True):
+                  allow_random: bool = True, compile: bool = False):
     """An :class:`InbetweenPipeline` on ``device`` in ``dtype``.
 
     ``model``: a diffusers SVD folder or hub id; default the bundled toy model. Without either
     (a checkout whose toy model is not trained yet) a tiny untrained model is used and a note
     printed. ``backward``: a backward-weights file (default: the model folder's own
-    ``backward.safetensors`` if it has one).
+    ``backward.safetensors`` if it has one). ``compile``: the UNet ``torch.compile``-d (the
+    attention control reaches through the wrapper; the first call of each shape compiles).
     """
     dev = default_device(device) if not isinstance(device, torch.device) else device
     dt = parse_dtype(dtype, dev) if not isinstance(dtype, torch.dtype) else dtype
@@ -153,6 +159,8 @@ def load_pipeline(model=None, backward=None, device=None, dtype=None, *, quiet: 
             raise InbetweeningError(f"cannot load model {source}: {first}") from None
     with _quiet_loading():
         pipe.to(dev, dt)
+    if compile:
+        pipe.unet = torch.compile(pipe.unet)
     if not quiet:
         pipe.set_progress_bar_config(leave=False)
     return pipe

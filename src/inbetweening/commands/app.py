@@ -16,7 +16,8 @@ def run(args) -> None:
         raise InbetweeningError(f"--port must be between 1 and 65535, not {args.port}")
     limits = Limits(max_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels)
     serve(host=args.host, port=args.port, limits=limits, model=args.model,
-          backward=args.backward, device=args.device, dtype=args.dtype)
+          backward=args.backward, device=args.device, dtype=args.dtype,
+          compile=args.compile)
 
 
 def add_command(sub) -> None:

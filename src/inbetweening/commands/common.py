@@ -11,7 +11,8 @@ from .args import add_dataclass_args, from_args
 def add_model_args(p: argparse.ArgumentParser, backward: bool = True) -> None:
     """--model, --backward, --device, --dtype: how every command finds and places its model."""
     p.add_argument("--model", default=None,
-                   help="diffusers SVD folder or hub id (default: the bundled toy model)")
+                   help="diffusers SVD folder or hub id, or a bundled toy model: toy (the "
+                        "default), toy-ambiguous (the world where vehicles drive slow or fast)")
     if backward:
         p.add_argument("--backward", default=None,
                        help="backward-weights file (default: the model folder's "
@@ -20,6 +21,9 @@ def add_model_args(p: argparse.ArgumentParser, backward: bool = True) -> None:
                                                   "available)")
     p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"],
                    help="default: fp16 on a GPU, fp32 on the CPU")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the UNet: faster sampling after a slower first video "
+                        "(it compiles)")
 
 
 def add_sampling_args(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:

@@ -14,7 +14,8 @@ def run(args) -> None:
     from ..utils import check_target
 
     check_target(args.output, args.overwrite, folder=True)
-    pipe = load_pipeline(args.model, args.backward, args.device, args.dtype)
+    pipe = load_pipeline(args.model, args.backward, args.device, args.dtype,
+                         compile=args.compile)
     pipe.set_progress_bar_config(disable=True)
     kw = {}
     if args.steps is not None:

@@ -31,7 +31,8 @@ def run(args) -> None:
     images = [media.read_image(p) for p in args.keyframes]
     layout(images, args.loop)  # too few keyframes: refused before the model is loaded
     check_aspects(images)
-    pipe = load_pipeline(args.model, args.backward, args.device, args.dtype)
+    pipe = load_pipeline(args.model, args.backward, args.device, args.dtype,
+                         compile=args.compile)
     kw = options.call_kwargs(pipe.defaults)
     generator = seed_generator(args.seed)
     t0 = time.time()

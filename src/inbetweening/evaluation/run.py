@@ -71,7 +71,8 @@ def _check_results_folder(out: Path, settings: Settings, overwrite: bool) -> Non
                                 "another --out")
 
 
-def _load_model(methods, bset, options, model, backward, device, dtype, state, quiet):
+def _load_model(methods, bset, options, model, backward, device, dtype, state, quiet,
+                compile=False):
     """The pipeline for the diffusion methods among ``methods`` (None if there are none), with
     every method's call checked against it before any work."""
     diffusion = [m for m in methods if m in DIFFUSION_METHODS]
@@ -81,15 +82,18 @@ def _load_model(methods, bset, options, model, backward, device, dtype, state, q
     from ..loading import load_pipeline
 
     dev = device if device is not None or state.num_processes == 1 else state.device
-    pipe = load_pipeline(model, backward, dev, dtype, quiet=quiet or not state.is_main_process)
+    pipe = load_pipeline(model, backward, dev, dtype, quiet=quiet or not state.is_main_process,
+                         compile=compile)
     pipe.set_progress_bar_config(disable=True)
-    if "gi" in diffusion and bw.loaded_variant(pipe.unet) is None:
-        raise InbetweeningError("method 'gi' needs backward weights (--backward FILE, or a "
-                                "model folder with backward.safetensors)")
+    for m in ("gi", "gi-sequential"):
+        if m in diffusion and bw.loaded_variant(pipe.unet) is None:
+            raise InbetweeningError(f"method {m!r} needs backward weights (--backward FILE, or a "
+                                    "model folder with backward.safetensors)")
     for m in diffusion:  # frame count, size and steps the model can take
         kw = sampling_call(options, m, bset, pipe)
         pipe.check_inputs(kw["height"], kw["width"], kw["num_frames"], m,
-                          kw.get("num_inference_steps", 50))
+                          kw.get("num_inference_steps", 50), kw.get("sampler", "euler"),
+                          kw.get("reinject_at", "first"))
     return pipe
 
 
@@ -143,13 +147,13 @@ def _run_pairs(out, bset, methods, pipe, options, seed, nets, state, quiet, on_r
 def evaluate(set_path, methods, out, *, model=None, backward=None, device=None, dtype=None,
              seed: int = 0, options: SamplingOptions | dict | None = None, lpips=None,
              inception=None, fvd=None, overwrite: bool = False, on_record=None,
-             quiet: bool = False) -> dict | None:
+             quiet: bool = False, compile: bool = False) -> dict | None:
     """Run ``methods`` on every pair of the set at ``set_path``; write records, ``metrics.json``,
     ``metrics.md`` and plots under ``out``. Returns the metrics (on the main process; None on the
     others). Everything the user gave is checked before any work. ``options``: the sampling
     options (:class:`~inbetweening.options.SamplingOptions`, or a dict of its fields); the
     method, frame count and size come from the set. ``on_record(method, pair_id)`` is called
-    after each record is written."""
+    after each record is written. ``compile``: ``torch.compile`` the UNet."""
     import torch
 
     bset = load_set(set_path)
@@ -161,7 +165,8 @@ def evaluate(set_path, methods, out, *, model=None, backward=None, device=None, 
     _check_results_folder(out, settings, overwrite)
     cpu = device in ("cpu",) or (device is None and not torch.cuda.is_available())
     state = _distributed_state(cpu)
-    pipe = _load_model(methods, bset, options, model, backward, device, dtype, state, quiet)
+    pipe = _load_model(methods, bset, options, model, backward, device, dtype, state, quiet,
+                       compile)
 
     if state.is_main_process:
         _prepare_results_folder(out, settings, overwrite)
