@@ -129,3 +129,19 @@ def test_the_bundled_model_loads_in_a_fresh_process():
             "print(type(p.vae).__name__, p.unet.config.num_frames, sorted(p.defaults))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split()[:2] == ["PatchAutoencoder", "8"]
+
+
+def test_bundled_models_are_named_and_small():
+    """``--model toy`` / ``--model toy-ambiguous`` name the bundled models (a folder of that
+    name in the current directory would win), and all the package's models stay under 25 MB."""
+    from inbetweening.loading import resolve_model
+    from inbetweening.toy import models
+
+    assert resolve_model("toy") == models.BUNDLED_MODEL
+    assert resolve_model("toy-ambiguous") == models.AMBIGUOUS_MODEL
+    assert (models.AMBIGUOUS_MODEL / "backward.safetensors").is_file()
+    package = models.BUNDLED_MODEL.parent
+    total = sum(f.stat().st_size for folder in models.NAMED_MODELS.values()
+                for f in folder.rglob("*") if f.is_file())
+    assert total < 25 * 10**6, total
+    assert package == models.AMBIGUOUS_MODEL.parent
