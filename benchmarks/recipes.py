@@ -7,8 +7,9 @@ ground truth, over steps, re-injection count and fraction, and samplers.
 Settings (where the two directions may disagree, which re-injection is meant to reconcile):
 ``toy`` (today's world, 8 frames), ``far`` (today's world with 12 frames: longer gaps between the
 keyframes, the model's 8-frame training stretched), ``ambiguous`` (the world where each vehicle
-is slow or fast; needs ``--ambiguous-model``). Each (setting, recipe, seed) is one
-``inbetween evaluate`` of ``gi`` on the setting's pairs, so it resumes where it stopped.
+is slow or fast; the bundled ``toy-ambiguous`` model unless ``--ambiguous-model``). Each
+(setting, recipe, seed) is one ``inbetween evaluate`` of ``gi`` on the setting's pairs, so it
+resumes where it stopped.
 
 Writes OUT/study.json (every run's metrics, predictions and seconds per video), OUT/study.md (the
 table: mean over seeds and the seed-to-seed spread) and OUT/pareto.png (trajectory error and
@@ -32,30 +33,39 @@ SETTINGS = {"toy": dict(world_name="toy", frames=None), "far": dict(world_name="
             "ambiguous": dict(world_name="ambiguous", frames=None)}
 
 
+def _name(sampler: str, steps: int, count: int, fraction: float, at: str) -> str:
+    if (sampler, steps, count, fraction, at) == ("euler", 50, 5, 0.5, "first"):
+        return "paper"
+    name = f"{sampler}-{steps}-{count}x{fraction}"
+    return name if at == "first" or count == 0 else f"{name}-{at}"
+
+
 def grid(full: bool = False) -> dict[str, dict]:
-    """Recipe name -> sampling options (Euler with re-injection, Alg. 2). The core grid: steps
-    8, 12, 25, 50 x 0, 2 or 5 re-injections on half the steps, and the fraction 0.25 / 0.75 at
-    12 steps x 2; ``full``: steps 8-50 x count 0-5 x fraction 0.25-0.75."""
+    """Recipe name -> sampling options. The core grid: the paper recipe (175 predictions), three
+    candidates for ``balanced`` at 24 predictions (Euler 12 steps with 2 re-injections on half,
+    the same on every other step, DPM-Solver++(2M) likewise) and two for ``fast`` at 8 (Euler and
+    DPM++(2M), 8 steps, no re-injection). ``full`` adds steps 8-50 x count 0-5 x fraction
+    0.25-0.75 x placement, and Heun."""
+    points = [("euler", 50, 5, 0.5, "first"), ("euler", 12, 2, 0.5, "first"),
+              ("euler", 12, 2, 0.5, "alternate"), ("dpmpp-2m", 12, 2, 0.5, "first"),
+              ("euler", 8, 0, 0.5, "first"), ("dpmpp-2m", 8, 0, 0.5, "first")]
     if full:
-        points = [(s, c, f) for s in (8, 12, 16, 25, 50) for c in (0, 1, 2, 5)
-                  for f in ((0.5,) if c == 0 else (0.25, 0.5, 0.75))]
-    else:
-        points = [(s, c, 0.5) for s in (8, 12, 25, 50) for c in (0, 2, 5)]
-        points += [(12, 2, 0.25), (12, 2, 0.75)]
-    recipes = {}
-    for steps, count, fraction in points:
-        name = ("paper" if (steps, count, fraction) == (50, 5, 0.5)
-                else f"euler-{steps}-{count}x{fraction}")
-        recipes[name] = dict(steps=steps, reinject=count, reinject_fraction=fraction)
-    return recipes
+        points += [("euler", s, c, f, "first") for s in (8, 12, 16, 25, 50) for c in (0, 1, 2, 5)
+                   for f in ((0.5,) if c == 0 else (0.25, 0.5, 0.75))]
+        points += [("euler", s, c, 0.5, at) for s in (12, 25) for c in (2, 5)
+                   for at in ("middle", "alternate")]
+        points += [("heun", s, c, 0.5, "first") for s in (5, 8, 12) for c in (0, 1)]
+        points += [("dpmpp-2m", s, c, 0.5, "first") for s in (8, 12, 25) for c in (0, 2)]
+    return {_name(*p): dict(sampler=p[0], steps=p[1], reinject=p[2], reinject_fraction=p[3],
+                            reinject_at=p[4]) for p in points}
 
 
 def cost(options: dict) -> int:
-    return predictions("euler", options["steps"], options["reinject"],
-                       options["reinject_fraction"])
+    return predictions(options["sampler"], options["steps"], options["reinject"],
+                       options["reinject_fraction"], reinject_at=options["reinject_at"])
 
 
-def run(out: Path, setting: str, model: Path | None, recipe: str, options: dict, seed: int,
+def run(out: Path, setting: str, model: str | None, recipe: str, options: dict, seed: int,
         pairs: int) -> dict:
     held_out = out / "sets" / setting
     if not (held_out / "manifest.json").is_file():
@@ -119,13 +129,19 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/recipes"))
-    p.add_argument("--settings", default="toy,far", help="from toy, far, ambiguous")
-    p.add_argument("--ambiguous-model", type=Path, default=Path("runs/ambiguous"))
+    p.add_argument("--settings", default="ambiguous,far", help="from toy, far, ambiguous")
+    p.add_argument("--ambiguous-model", default="toy-ambiguous",
+                   help="the ambiguous world's model (default: the bundled one)")
     p.add_argument("--pairs", type=int, default=24)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--recipes", default=None, help="comma-separated names (default: the grid)")
     p.add_argument("--full", action="store_true", help="the full grid (about 4x the core's cost)")
+    p.add_argument("--threads", type=int, default=None)
     a = p.parse_args(argv)
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
     recipes = grid(a.full)
     if a.recipes:
         recipes = {k: recipes[k] for k in a.recipes.split(",")}

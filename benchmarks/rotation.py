@@ -104,6 +104,36 @@ def markdown(table: list[dict]) -> str:
                                       "(max - min)/2\n")
 
 
+def contact(out: Path, world: str, clips: int, seed: int, path: Path) -> str | None:
+    """A contact sheet (true clip, rotation, no-rotation) of the held-out pair of ``world``
+    where the two variants' videos differ most in trajectory error plus blended frames (both
+    cells at ``clips`` and ``seed``). Returns the pair's id."""
+    import numpy as np
+    import PIL.Image
+
+    from inbetweening.demo import contact_sheet
+    from inbetweening.evaluation.results import load_npz, record_path, video_path
+    from inbetweening.evaluation.sets import load_set
+
+    folders = {v: out / "results" / cell_name(world, clips, seed, v) for v in VARIANTS}
+    bset = load_set(out / "sets" / world)
+
+    def gap(pair) -> float:
+        r = [json.loads(record_path(folders[v], "gi", pair.id).read_text()) for v in VARIANTS]
+        return abs(r[0]["trajectory_error"] - r[1]["trajectory_error"]) + 8 * abs(
+            r[0]["blended"] - r[1]["blended"])
+
+    try:
+        pair = max(bset.pairs, key=gap)
+    except OSError:
+        return None
+    rows = {"true": pair.true_clip() / 255.0}
+    rows.update({v: load_npz(video_path(folders[v], "gi", pair.id)) / 255.0 for v in VARIANTS})
+    sheet = contact_sheet([{k: np.asarray(v, np.float32) for k, v in rows.items()}])
+    PIL.Image.fromarray(sheet).save(path)
+    return pair.id
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -140,6 +170,11 @@ def main(argv=None) -> None:
         (a.out / "results.json").write_text(json.dumps({"cells": rows, "table": table},
                                                        indent=1))
         (a.out / "table.md").write_text(markdown(table))
+    biggest = max(int(v) for v in a.sizes.split(","))
+    shown = contact(a.out, "ambiguous", biggest, int(a.seeds.split(",")[0]),
+                    a.out / "contact_sheet.png")
+    if shown:
+        print(f"contact sheet of pair {shown}: {a.out / 'contact_sheet.png'}")
     print((a.out / "table.md").read_text())
 
 
