@@ -105,3 +105,23 @@ def test_methods_all_names_every_method_and_unknown_ones_are_refused():
     assert parse_methods("gi, vibid,gi") == ["gi", "vibid"]
     with pytest.raises(InbetweeningError, match="unknown method 'film'"):
         parse_methods("gi,film")
+
+
+def test_the_ambiguous_world_is_evaluated_with_its_bundled_model(tmp_path, capsys):
+    """``inbetween benchmark toy --world ambiguous`` then ``inbetween evaluate --model
+    toy-ambiguous``: its own backward weights, a peer method beside gi, tracked and scored."""
+    held_out = tmp_path / "amb"
+    assert cli.main(["benchmark", "toy", "--n", "1", "--world", "ambiguous", "--out",
+                     str(held_out)]) == 0
+    out = tmp_path / "results"
+    assert cli.main(["evaluate", str(held_out), "--methods", "gi,gi-sequential", "--out",
+                     str(out), "--model", "toy-ambiguous", "--steps", "2", "--device",
+                     "cpu"]) == 0
+    saved = json.loads((out / "metrics.json").read_text())
+    for m in ("gi", "gi-sequential"):
+        assert saved["methods"][m]["trajectory_error"] >= 0
+        assert 0 <= saved["methods"][m]["blended"] <= 1
+    from inbetweening.toy.models import AMBIGUOUS_MODEL
+
+    settings = json.loads((out / "settings.json").read_text())
+    assert str(AMBIGUOUS_MODEL) in json.dumps(settings)  # the model resolved, recorded
