@@ -43,6 +43,23 @@ def test_init_set_and_read_back():
     assert backward.loaded_variant(unet) is None
 
 
+def test_backward_weights_on_a_compiled_unet():
+    """``torch.compile`` wraps the UNet (parameter names gain ``_orig_mod.``): the backward
+    weights are named, started, validated and read back as on the UNet it wraps."""
+    unet = tiny_unet()
+    compiled = torch.compile(unet, backend="eager")
+    assert backward.backward_parameter_names(compiled) == backward.backward_parameter_names(unet)
+    params = backward.init_backward_weights(compiled)
+    own = dict(unet.named_parameters())
+    assert all(torch.equal(p, own[n]) for n, p in params.items())
+    assert backward.loaded_variant(compiled) == "rotation"
+    assert backward.backward_parameters(compiled).keys() == params.keys()
+    backward.set_backward_weights(compiled, {n: p.detach() + 1 for n, p in params.items()})
+    backward.clear_backward_weights(compiled)
+    assert backward.backward_parameters(compiled, "no-rotation").keys() == set(
+        backward.backward_parameter_names(unet, "no-rotation"))
+
+
 def test_file_round_trip_with_metadata(tmp_path):
     unet = tiny_unet()
     params = backward.init_backward_weights(unet)

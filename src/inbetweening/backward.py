@@ -18,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .attention import NO_ROTATION_TENSORS, ROTATION_TENSORS, install, installed
-from .attention import temporal_attention_layers
+from .attention import temporal_attention_layers, unwrap
 from .utils import InbetweeningError, atomic_path, check_target
 
 FORMAT = "inbetweening-backward-weights"
@@ -59,7 +59,7 @@ def backward_parameters(unet, variant: str | None = None) -> dict[str, torch.Ten
     if loaded is not None and variant in (None, loaded):
         return {f"{layer}.{k}": t for layer, p in installed(unet).items()
                 for k, t in p.weights.items()}
-    own = dict(unet.named_parameters())
+    own = dict(unwrap(unet).named_parameters())
     return {n: own[n] for n in backward_parameter_names(unet, variant or "rotation")}
 
 
@@ -67,7 +67,7 @@ def init_backward_weights(unet, variant: str = "rotation", dtype=torch.float32,
                           requires_grad: bool = True) -> dict[str, torch.nn.Parameter]:
     """Start backward weights as copies of the base weights (the paper fine-tunes a copy of the
     UNet) and load them. Returns the new parameters by name."""
-    own = dict(unet.named_parameters())
+    own = dict(unwrap(unet).named_parameters())
     params = {n: torch.nn.Parameter(own[n].detach().to(dtype).clone(), requires_grad=requires_grad)
               for n in backward_parameter_names(unet, variant)}
     set_backward_weights(unet, params)
@@ -81,7 +81,7 @@ def validate(unet, tensors: dict[str, torch.Tensor]) -> str:
     """
     variant = "no-rotation" if any(n.endswith(".to_q.weight") for n in tensors) else "rotation"
     expected = backward_parameter_names(unet, variant)
-    own = dict(unet.named_parameters())
+    own = dict(unwrap(unet).named_parameters())
     missing = [n for n in expected if n not in tensors]
     unexpected = [n for n in tensors if n not in set(expected)]
     wrong = [f"{n}: file {tuple(tensors[n].shape)} vs model {tuple(own[n].shape)}"
