@@ -12,8 +12,9 @@ TOY_DEFAULTS = {"num_inference_steps": 25, "reinject_count": 3, "fps": 7}
 
 
 def cost(kw: dict) -> int:
-    return predictions("euler", kw["num_inference_steps"], kw["reinject_count"],
-                       kw.get("reinject_fraction", 0.5))
+    return predictions(kw.get("sampler", "euler"), kw["num_inference_steps"],
+                       kw["reinject_count"], kw.get("reinject_fraction", 0.5),
+                       reinject_at=kw.get("reinject_at", "first"))
 
 
 def test_the_model_defaults_apply_under_what_is_set():
@@ -31,6 +32,9 @@ def test_recipes_cost_what_they_promise_and_explicit_options_override_them():
     mixed = SamplingOptions(recipe="paper", steps=10, reinject=0).call_kwargs(TOY_DEFAULTS)
     assert (mixed["num_inference_steps"], mixed["reinject_count"]) == (10, 0)
     assert set(RECIPES) == {"paper", "balanced", "fast"}
+    balanced = SamplingOptions(recipe="balanced").call_kwargs(TOY_DEFAULTS)
+    assert (balanced["num_inference_steps"], balanced["reinject_count"],
+            balanced["reinject_at"], balanced["sampler"]) == (12, 2, "alternate", "euler")
 
 
 @pytest.mark.parametrize("bad", [dict(recipe="slow"), dict(steps=0), dict(steps=10**6),
