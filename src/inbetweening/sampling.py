@@ -205,9 +205,9 @@ def predictions(sampler_name: str, steps: int, reinject_count: int, reinject_fra
     """
     if sampler_name not in SAMPLERS:
         raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, not {sampler_name!r}")
-    mask = reinjected(steps, reinject_fraction, reinject_at)
     if sampler_name != "heun":
-        return steps + reinject_count * sum(mask)
+        return count_predictions(steps, reinject_count, reinject_fraction, reinject_at)
+    mask = reinjected(steps, reinject_fraction, reinject_at)
     per_attempt = [1 if ends_at_zero and i == steps - 1 else 2 for i in range(steps)]
     return sum(p * (1 + reinject_count * m) for p, m in zip(per_attempt, mask))
 
