@@ -112,14 +112,14 @@ def contact(out: Path, world: str, clips: int, seed: int, path: Path) -> str | N
     import PIL.Image
 
     from inbetweening.demo import contact_sheet
-    from inbetweening.evaluation.results import load_npz, record_path, video_path
+    from inbetweening.evaluation.results import load_npz, load_record, video_path
     from inbetweening.evaluation.sets import load_set
 
     folders = {v: out / "results" / cell_name(world, clips, seed, v) for v in VARIANTS}
     bset = load_set(out / "sets" / world)
 
     def gap(pair) -> float:
-        r = [json.loads(record_path(folders[v], "gi", pair.id).read_text()) for v in VARIANTS]
+        r = [load_record(folders[v], "gi", pair.id) for v in VARIANTS]
         return abs(r[0]["trajectory_error"] - r[1]["trajectory_error"]) + 8 * abs(
             r[0]["blended"] - r[1]["blended"])
 

@@ -135,8 +135,9 @@ def alg2_oracle(pipe, start, end, steps: int, reinject_count: int, seed: int = S
     renoised = int(steps * 0.5)
     for i in range(steps):
         s, s_next = sigmas[i], sigmas[i + 1]
+        x_next = x
         for r in range((reinject_count if i < renoised else 0) + 1):
-            if r > 0:
+            if r > 0:  # back to sigma s from the last attempt's x_next (Alg. 2, line 10)
                 noise = torch.randn(x.shape, generator=g)
                 x = x_next + (s**2 - s_next**2) ** 0.5 * noise
             x_next = x + (s_next - s) * (x - denoise(x, i)) / s

@@ -212,6 +212,24 @@ def _finish_model_index(folder: Path) -> None:
     path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
+@dataclass(frozen=True)
+class _RunSettings:
+    """One call's sampling settings, shared by its videos (built once in ``__call__``)."""
+
+    sampler: str
+    reinject_count: int
+    reinject_fraction: float
+    reinject_at: str
+    num_frames: int
+    min_guidance_scale: float
+    max_guidance_scale: float
+    plans: object  # methods.layer_plans
+    dual_pass: bool
+    max_unet_batch: int | None
+    cfgpp_scale: float | None
+    make_denoiser: Callable  # (start, end, added_time_ids) -> the recurrence methods' denoiser
+
+
 class _Interrupted(Exception):
     """Raised inside sampling when ``pipe._interrupt`` is set; carries the latent reached."""
 
@@ -519,26 +537,26 @@ class InbetweenPipeline(DiffusionPipeline):
             return stop.latents, True
 
     def _sampler_run(self, method: str, images, conds, ids, sigmas, generator, on_step,
-                     settings: dict):
+                     settings: _RunSettings):
         """``run(wrap, x)`` for :meth:`_sample`: the method's sampler (``methods.SAMPLING``) over
         its denoisers for one video's keyframe conditions ``conds`` (of the preprocessed keyframes
         ``images``) and time ids ``ids``."""
         kind = SAMPLING[method]
         if kind == "recurrence":
-            denoiser = settings["make_denoiser"](conds[0], conds[1] if len(conds) > 1 else None,
-                                                 ids)
-            sample = SAMPLERS[settings["sampler"]]
+            denoiser = settings.make_denoiser(conds[0], conds[1] if len(conds) > 1 else None,
+                                              ids)
+            sample = SAMPLERS[settings.sampler]
             return lambda wrap, x: sample(
                 wrap(denoiser), x, sigmas, generator=generator,
-                reinject_count=settings["reinject_count"],
-                reinject_fraction=settings["reinject_fraction"],
-                reinject_at=settings["reinject_at"], callback=on_step)
+                reinject_count=settings.reinject_count,
+                reinject_fraction=settings.reinject_fraction,
+                reinject_at=settings.reinject_at, callback=on_step)
         parts = peers.denoisers_for(
-            method, self.unet, conds[0], conds[1], ids, num_frames=settings["num_frames"],
-            min_guidance_scale=settings["min_guidance_scale"],
-            max_guidance_scale=settings["max_guidance_scale"], plans=settings["plans"],
-            dual_pass=settings["dual_pass"], max_rows=settings["max_unet_batch"],
-            cfgpp_scale=settings["cfgpp_scale"])
+            method, self.unet, conds[0], conds[1], ids, num_frames=settings.num_frames,
+            min_guidance_scale=settings.min_guidance_scale,
+            max_guidance_scale=settings.max_guidance_scale, plans=settings.plans,
+            dual_pass=settings.dual_pass, max_rows=settings.max_unet_batch,
+            cfgpp_scale=settings.cfgpp_scale)
         start_latent = end_latent = None
         if kind in ("sequential", "mpd"):  # the last-frame constraints: the clean keyframes
             with self._vae_upcast():
@@ -670,7 +688,7 @@ class InbetweenPipeline(DiffusionPipeline):
         given = self._given_latents(latents, len(pairs), shape)
         guidance = guidance_per_frame(num_frames, min_guidance_scale, max_guidance_scale,
                                       symmetric=dual and fuse == "average")
-        settings = dict(
+        settings = _RunSettings(
             sampler=sampler, reinject_count=reinject_count, reinject_fraction=reinject_fraction,
             reinject_at=reinject_at, num_frames=num_frames, min_guidance_scale=min_guidance_scale,
             max_guidance_scale=max_guidance_scale, plans=plans, dual_pass=dual_pass,

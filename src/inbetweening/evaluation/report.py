@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
 from ..utils import atomic_path
-from .results import Settings, record_path, rounded, write_json
+from .results import Settings, load_record, rounded, write_json
 from .sets import BenchmarkSet
 
 RUN_TO_RUN = ("seconds",)  # in metrics.json only: the table and plots repeat exactly
@@ -35,7 +34,7 @@ def aggregate(out: Path, bset: BenchmarkSet, methods: list[str],
     """``metrics.json``: per-method means over pairs and the per-pair values, in set order."""
     pairs, means = [], {}
     for method in methods:
-        records = [json.loads(record_path(out, method, p.id).read_text()) for p in bset.pairs]
+        records = [load_record(out, method, p.id) for p in bset.pairs]
         names = [k for k in METRICS if k in records[0]]
         means[method] = {k: float(np.mean([r[k] for r in records])) for k in names}
         means[method].update(distribution.get(method, {}))

@@ -26,6 +26,12 @@ def record_path(out: Path, method: str, pair_id: str) -> Path:
     return out / "records" / method / f"{pair_id}.json"
 
 
+def load_record(out: Path, method: str, pair_id: str) -> dict:
+    """The scores of (method, pair) in the results folder ``out`` (OSError or ValueError when it
+    is missing or damaged)."""
+    return json.loads(record_path(out, method, pair_id).read_text())
+
+
 def video_path(out: Path, method: str, pair_id: str) -> Path:
     return out / "videos" / method / f"{pair_id}.npz"
 

@@ -12,7 +12,9 @@ from ..methods import METHODS as DIFFUSION_METHODS
 from ..options import SamplingOptions
 from ..utils import InbetweeningError
 from .report import write_report
-from .results import SETTINGS, Settings, record_path, save_npz, video_path, write_json
+from .results import (
+    SETTINGS, Settings, load_record, record_path, save_npz, video_path, write_json,
+)
 from .scoring import (
     SET_BY_THE_SET, FeatureNets, generate, pair_seed, parse_methods, sampling_call, score,
 )
@@ -108,9 +110,8 @@ def _prepare_results_folder(out: Path, settings: Settings, overwrite: bool) -> N
 
 def _done(out: Path, method: str, pair_id: str) -> bool:
     """Whether the record of (method, pair) is there and readable (a damaged one is redone)."""
-    path = record_path(out, method, pair_id)
     try:
-        record = json.loads(path.read_text())
+        record = load_record(out, method, pair_id)
     except (OSError, ValueError):
         return False
     return isinstance(record, dict) and record.get("pair") == pair_id and video_path(
