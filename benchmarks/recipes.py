@@ -3,6 +3,7 @@ ground truth, over steps, re-injection count and fraction, and samplers.
 
     python benchmarks/recipes.py --out runs/recipes                 # the whole study, resumable
     python benchmarks/recipes.py --out runs/recipes --pairs 8 --seeds 0 --settings toy   # a look
+    python benchmarks/recipes.py --out runs/recipes --report     # the table of what has run
 
 Settings (where the two directions may disagree, which re-injection is meant to reconcile):
 ``toy`` (today's world, 8 frames), ``far`` (today's world with 12 frames: longer gaps between the
@@ -45,13 +46,17 @@ def grid(full: bool = False) -> dict[str, dict]:
     candidates for ``balanced`` (Euler 12 steps with 2 re-injections on half the steps, the same
     on every other step, DPM-Solver++(2M) likewise: 24 predictions; Euler 16 steps with 2 on
     every other step: 32) and for ``fast`` (Euler and DPM++(2M), 8 steps, no re-injection: 8;
-    Euler 7 steps with 1 on every other step: 10). ``full`` adds steps 8-50 x count 0-5 x fraction
+    Euler 7 steps with 1 on every other step, Euler and DPM++(2M) 10 steps: 10; Heun 5 steps:
+    9). ``full`` adds steps 8-50 x count 0-5 x fraction
     0.25-0.75 x placement, and Heun."""
     points = [("euler", 50, 5, 0.5, "first"), ("euler", 12, 2, 0.5, "first"),
               ("euler", 12, 2, 0.5, "alternate"), ("dpmpp-2m", 12, 2, 0.5, "first"),
               ("euler", 8, 0, 0.5, "first"), ("dpmpp-2m", 8, 0, 0.5, "first"),
               # added after the first six had run (re-injection helped on the ambiguous world):
-              ("euler", 16, 2, 0.5, "alternate"), ("euler", 7, 1, 0.5, "alternate")]
+              ("euler", 16, 2, 0.5, "alternate"), ("euler", 7, 1, 0.5, "alternate"),
+              # and the other ways to spend at most 1/16 of the paper's 175 predictions:
+              ("euler", 10, 0, 0.5, "first"), ("dpmpp-2m", 10, 0, 0.5, "first"),
+              ("heun", 5, 0, 0.5, "first")]
     if full:
         points += [("euler", s, c, f, "first") for s in (8, 12, 16, 25, 50) for c in (0, 1, 2, 5)
                    for f in ((0.5,) if c == 0 else (0.25, 0.5, 0.75))]
@@ -77,6 +82,30 @@ def run(out: Path, setting: str, model: str | None, recipe: str, options: dict, 
                       model=str(model) if model else None, device="cpu", seed=seed,
                       options=SamplingOptions(**options), quiet=True)
     return result["methods"]["gi"]
+
+
+def row(setting: str, recipe: str, options: dict, seed: int, scores: dict) -> dict:
+    return {"setting": setting, "recipe": recipe, "seed": seed, "predictions": cost(options),
+            **options, **{m: scores.get(m) for m in METRICS + ("seconds",)}}
+
+
+def finished(out: Path) -> list[dict]:
+    """The rows of every finished run under ``out`` (OUT/runs/SETTING/RECIPE/seed-N with its
+    metrics.json), whichever command ran it."""
+    recipes = grid(full=True)
+    rows = []
+    for metrics in sorted((out / "runs").glob("*/*/seed-*/metrics.json")):
+        setting, recipe, seed = metrics.parts[-4], metrics.parts[-3], metrics.parts[-2]
+        if recipe in recipes:
+            scores = json.loads(metrics.read_text())["methods"]["gi"]
+            rows.append(row(setting, recipe, recipes[recipe], int(seed.split("-")[1]), scores))
+    return rows
+
+
+def write(out: Path, rows: list[dict]) -> None:
+    table = summarise(rows)
+    (out / "study.json").write_text(json.dumps({"runs": rows, "table": table}, indent=1))
+    (out / "study.md").write_text(markdown(table))
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -140,7 +169,15 @@ def main(argv=None) -> None:
     p.add_argument("--recipes", default=None, help="comma-separated names (default: the grid)")
     p.add_argument("--full", action="store_true", help="the full grid (about 4x the core's cost)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--report", action="store_true",
+                   help="run nothing: the table and chart of every finished run under OUT")
     a = p.parse_args(argv)
+    if a.report:
+        rows = finished(a.out)
+        write(a.out, rows)
+        pareto(summarise(rows), a.out / "pareto.png")
+        print((a.out / "study.md").read_text())
+        return
     if a.threads:
         import torch
 
@@ -154,13 +191,8 @@ def main(argv=None) -> None:
         for name, options in sorted(recipes.items(), key=lambda kv: cost(kv[1])):
             for seed in (int(s) for s in a.seeds.split(",")):
                 scores = run(a.out, setting, model, name, options, seed, a.pairs)
-                rows.append({"setting": setting, "recipe": name, "seed": seed,
-                             "predictions": cost(options), **options,
-                             **{m: scores.get(m) for m in METRICS + ("seconds",)}})
-                table = summarise(rows)
-                (a.out / "study.json").write_text(json.dumps({"runs": rows, "table": table},
-                                                             indent=1))
-                (a.out / "study.md").write_text(markdown(table))
+                rows.append(row(setting, name, options, seed, scores))
+                write(a.out, rows)
                 print(f"{setting} {name} seed {seed}: {cost(options)} predictions, trajectory "
                       f"error {scores.get('trajectory_error', float('nan')):.3f}", flush=True)
     pareto(summarise(rows), a.out / "pareto.png")
