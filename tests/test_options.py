@@ -35,6 +35,9 @@ def test_recipes_cost_what_they_promise_and_explicit_options_override_them():
     balanced = SamplingOptions(recipe="balanced").call_kwargs(TOY_DEFAULTS)
     assert (balanced["num_inference_steps"], balanced["reinject_count"],
             balanced["reinject_at"], balanced["sampler"]) == (12, 2, "alternate", "euler")
+    fast = SamplingOptions(recipe="fast").call_kwargs(TOY_DEFAULTS)
+    assert (fast["num_inference_steps"], fast["reinject_count"], fast["reinject_at"],
+            fast["sampler"]) == (7, 1, "alternate", "euler")
 
 
 @pytest.mark.parametrize("bad", [dict(recipe="slow"), dict(steps=0), dict(steps=10**6),
