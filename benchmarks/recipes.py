@@ -47,8 +47,7 @@ def grid(full: bool = False) -> dict[str, dict]:
     on every other step, DPM-Solver++(2M) likewise: 24 predictions; Euler 16 steps with 2 on
     every other step: 32) and for ``fast`` (Euler and DPM++(2M), 8 steps, no re-injection: 8;
     Euler 7 steps with 1 on every other step, Euler and DPM++(2M) 10 steps: 10; Heun 5 steps:
-    9). ``full`` adds steps 8-50 x count 0-5 x fraction
-    0.25-0.75 x placement, and Heun."""
+    9). ``full`` adds steps 8-50 x count 0-5 x fraction 0.25-0.75 x placement, and Heun."""
     points = [("euler", 50, 5, 0.5, "first"), ("euler", 12, 2, 0.5, "first"),
               ("euler", 12, 2, 0.5, "alternate"), ("dpmpp-2m", 12, 2, 0.5, "first"),
               ("euler", 8, 0, 0.5, "first"), ("dpmpp-2m", 8, 0, 0.5, "first"),
