@@ -152,16 +152,12 @@ class SamplingOptions:
             if not (0 <= lo <= MAX_GUIDANCE and 0 <= hi <= MAX_GUIDANCE):
                 raise InbetweeningError(f"guidance scales must be between 0 and {MAX_GUIDANCE}, "
                                         f"not {lo},{hi}")
-        if self.fuse is not None and self.fuse not in FUSES:
-            raise InbetweeningError(f"fuse must be one of {', '.join(FUSES)}, not {self.fuse!r}")
-        for name, allowed in (("sampler", SAMPLER_NAMES), ("reinject_at", REINJECT_PLACES)):
+        for name, allowed in (("fuse", FUSES), ("sampler", SAMPLER_NAMES),
+                              ("reinject_at", REINJECT_PLACES), ("dual_pass", DUAL_PASSES)):
             value = getattr(self, name)
             if value is not None and value not in allowed:
                 raise InbetweeningError(f"{name.replace('_', '-')} must be one of "
                                         f"{', '.join(allowed)}, not {value!r}")
-        if self.dual_pass is not None and self.dual_pass not in DUAL_PASSES:
-            raise InbetweeningError(f"dual-pass must be one of {', '.join(DUAL_PASSES)}, not "
-                                    f"{self.dual_pass!r}")
         return self
 
     def resolved(self) -> "SamplingOptions":
