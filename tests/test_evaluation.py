@@ -343,15 +343,16 @@ def test_bad_input_gives_one_line_errors(toy_set, tmp_path, capsys):
         assert not out.exists()
 
 
-def test_gi_without_backward_weights_is_refused_before_work(toy_set, tiny_model_dir, tmp_path,
-                                                            capsys):
+@pytest.mark.parametrize("method", ["gi", "gi-sequential"])
+def test_gi_without_backward_weights_is_refused_before_work(method, toy_set, tiny_model_dir,
+                                                            tmp_path, capsys):
     out = tmp_path / "out"
     bare = tmp_path / "bare-model"  # the model folder without its backward weights
     shutil.copytree(tiny_model_dir / "model", bare)
     (bare / "backward.safetensors").unlink()
-    code, err = run_cli(["evaluate", str(toy_set), "--methods", "crossfade,gi", "--out", str(out),
-                         "--model", str(bare), "--device", "cpu"], capsys)
-    assert code == 2 and "backward weights" in err
+    code, err = run_cli(["evaluate", str(toy_set), "--methods", f"crossfade,{method}", "--out",
+                         str(out), "--model", str(bare), "--device", "cpu"], capsys)
+    assert code == 2 and f"method {method!r} needs backward weights" in err
     assert not (out / "records").exists() and not (out / "metrics.json").exists()
 
 

@@ -41,6 +41,8 @@ if TYPE_CHECKING:  # (imported when used: the method names are needed without to
 # The peers added beside the first four (``trf`` is a peer too: its sampler is TRF's own).
 PEER_METHODS = ("trf-avg", "vibid", "gi-sequential", "mpd")
 METHODS = ("gi", "gi-noft", "trf", "forward") + PEER_METHODS
+# The methods that run GI's fine-tuned backward model (they need backward weights).
+BACKWARD_METHODS = ("gi", "gi-sequential")
 
 # The sampler of each method: "recurrence" (sampling.SAMPLERS over InbetweenDenoiser, with noise
 # re-injection), "trf" (peers.sample_trf over InbetweenDenoiser with linear fusion and
@@ -71,7 +73,7 @@ def layer_plans(method: str, layers: list[str], backward_variant: str | None) ->
     from .attention import LayerPlan, is_up_block
 
     check_method(method)
-    if method in ("gi", "gi-sequential"):
+    if method in BACKWARD_METHODS:
         if backward_variant is None:
             raise InbetweeningError(
                 f"method {method!r} needs backward weights (--backward FILE); without them use "

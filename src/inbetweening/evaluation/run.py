@@ -8,6 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
+from ..methods import BACKWARD_METHODS
 from ..methods import METHODS as DIFFUSION_METHODS
 from ..options import SamplingOptions
 from ..utils import InbetweeningError
@@ -87,7 +88,7 @@ def _load_model(methods, bset, options, model, backward, device, dtype, state, q
     pipe = load_pipeline(model, backward, dev, dtype, quiet=quiet or not state.is_main_process,
                          compile=compile)
     pipe.set_progress_bar_config(disable=True)
-    for m in ("gi", "gi-sequential"):
+    for m in BACKWARD_METHODS:
         if m in diffusion and bw.loaded_variant(pipe.unet) is None:
             raise InbetweeningError(f"method {m!r} needs backward weights (--backward FILE, or a "
                                     "model folder with backward.safetensors)")
