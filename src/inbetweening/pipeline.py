@@ -224,7 +224,7 @@ class _RunSettings:
     min_guidance_scale: float
     max_guidance_scale: float
     plans: object  # methods.layer_plans
-    dual_pass: bool
+    dual_pass: str  # "fused" or "reference"
     max_unet_batch: int | None
     cfgpp_scale: float | None
     make_denoiser: Callable  # (start, end, added_time_ids) -> the recurrence methods' denoiser
