@@ -230,7 +230,7 @@ def test_peer_methods_run_their_own_samplers(tiny_pipe, keyframes, method):
     """The pipeline's video of a peer method is its sampler (tested against each paper's
     algorithm in test_peers.py) over the pipeline's own conditioning, with every draw from the
     caller's generator, in the pipeline's order: keyframe noise, initial latent, sampler."""
-    from inbetweening import conditioning, peers
+    from inbetweening import attention, backward, conditioning, peers
     from inbetweening.methods import layer_plans
 
     got = _run(tiny_pipe, keyframes, seed=3, method=method, output_type="latent")
@@ -239,8 +239,6 @@ def test_peer_methods_run_their_own_samplers(tiny_pipe, keyframes, method):
     with torch.no_grad():
         images, conds = tiny_pipe.keyframe_conditions(keyframes, 64, 64, "crop", 0.02, g, "cpu")
         ids = conditioning.added_time_ids(7, 127, 0.02, 1, dtype=torch.float32, device="cpu")
-        from inbetweening import attention, backward
-
         plans = layer_plans(method, list(attention.temporal_attention_layers(tiny_pipe.unet)),
                             backward.loaded_variant(tiny_pipe.unet))
         parts = peers.denoisers_for(method, tiny_pipe.unet, conds[0], conds[1], ids,
