@@ -38,9 +38,10 @@ e2e: $(E2E_STAMP)
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium; }
 	INBETWEENING_E2E=1 INBETWEENING_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q tests/e2e
 
-# (an out/demo written before outputs carried their mark is this target's own: cleared once)
+# (an out/demo written before outputs carried their mark, or their kind, is this target's own:
+# cleared once)
 demo: $(STAMP)
-	test -f out/demo/.inbetweening-output.json || rm -rf out/demo
+	grep -qs '"kind": "output"' out/demo/.inbetweening-output.json || rm -rf out/demo
 	$(BIN)/inbetween demo -o out/demo --overwrite
 
 benchmark: $(STAMP)

@@ -166,7 +166,7 @@ def test_cli_three_keyframes_loop_and_side_by_side(tiny_model_dir, keyframe_file
 
     looped = tmp_path / "loop"
     assert run_cli("interpolate", *keyframe_files, "--loop", "-o", looped, *common) == 0
-    assert sorted(p.name for p in looped.iterdir()) == [f"frame_{i:04d}.png" for i in range(15)]
+    assert sorted(p.name for p in looped.glob("frame_*")) == [f"frame_{i:04d}.png" for i in range(15)]
 
     side = tmp_path / "side.gif"
     assert run_cli("interpolate", *keyframe_files[:2], "--side-by-side", "-o", side, *common) == 0

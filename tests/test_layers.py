@@ -15,7 +15,7 @@ ROOT = Path(inbetweening.__file__).parent
 # Lowest level first. A module may import its own level or a lower one.
 LAYERS = [
     ["utils"],
-    ["options", "methods", "media", "conditioning", "attention", "baselines", "metrics",
+    ["options", "methods", "media", "conditioning", "attention", "baselines", "metrics", "locate",
      "toy.world", "toy.autoencoder"],
     ["backward", "sampling", "peers", "data", "toy.models", "toy.tracker", "toy.blending"],
     ["pipeline"],

@@ -11,7 +11,7 @@ import PIL.Image
 import pytest
 
 from inbetweening import media
-from inbetweening.utils import InbetweeningError
+from inbetweening.utils import OUTPUT_MARK, InbetweeningError
 
 
 def moving_square(frames: int = 9, h: int = 48, w: int = 64) -> np.ndarray:
@@ -92,7 +92,7 @@ def test_png_folder_and_zip_names_and_pixels(tmp_path):
     expected = (video * 255).round().astype(np.uint8)
     folder = media.write_video(video, tmp_path / "frames", fps=7)
     names = [f"frame_{i:04d}.png" for i in range(12)]
-    assert leftovers(folder) == names
+    assert leftovers(folder) == [OUTPUT_MARK] + names  # the frames and the tool's hidden mark
     frames, fps = media.read_video(folder)
     np.testing.assert_array_equal(frames, expected)
     assert fps == 0  # a folder has no rate

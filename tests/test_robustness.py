@@ -136,7 +136,7 @@ def test_unusable_output_folders_are_refused_before_loading_the_model(
     monkeypatch.chdir(tmp_path)
     out, why = {"file": (plain, "is a file"), "file-parent": (plain / "run", "is a file"),
                 "empty": ("", "empty"), "current": (".", "current folder"),
-                "home": (home, "home folder"), "data": (data, "holds the input"),
+                "home": (home, "home folder"), "data": (data, "one of the inputs"),
                 "holds-data": (tmp_path / "inside", "holds the input")}[case]
     for extra in ([], ["--overwrite"], ["--resume"]):
         assert cli.main(train_args(tiny_model_dir, data, out, *extra)) == 2, extra

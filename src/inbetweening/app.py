@@ -119,13 +119,13 @@ def pixel_frame_limit(pipe) -> tuple[int, str]:
 
 
 def describe_model(model) -> str:
-    from .loading import resolve_model
+    from .locate import resolve_model
 
     source = resolve_model(model)
     if source is None:
         return ("a tiny **untrained** model (this install has no trained toy model yet): its "
                 "videos are noise")
-    from .loading import bundled_model
+    from .locate import bundled_model
 
     if model in (None, "") and source == bundled_model():
         return "the bundled toy model (64x64 toy-world videos)"

@@ -126,8 +126,9 @@ def clear_backward_weights(unet) -> None:
 
 def save_backward_weights(path: str | os.PathLike, tensors: dict[str, torch.Tensor], *,
                           metadata: dict[str, str] | None = None, dtype=None,
-                          overwrite: bool = True) -> Path:
-    """Write backward weights as safetensors (only those tensors), atomically."""
+                          overwrite: bool = True, inputs=()) -> Path:
+    """Write backward weights as safetensors (only those tensors), atomically; ``inputs``: what
+    the file must never replace (see :func:`utils.check_target`)."""
     names = list(tensors)
     variant = "no-rotation" if any(n.endswith(".to_q.weight") for n in names) else "rotation"
     out = {n: t.detach().to("cpu", dtype or t.dtype).contiguous() for n, t in tensors.items()}
@@ -136,7 +137,7 @@ def save_backward_weights(path: str | os.PathLike, tensors: dict[str, torch.Tens
             "layers": str(len({n.rsplit(".to_", 1)[0] for n in names}))}
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
     path = Path(path)
-    with atomic_path(path, overwrite=overwrite) as tmp:
+    with atomic_path(path, overwrite=overwrite, inputs=inputs) as tmp:
         save_file(out, str(tmp), metadata=meta)
     return path
 
@@ -225,7 +226,8 @@ def convert_official(finetuned: str | os.PathLike, output: str | os.PathLike, *,
     if (img2vid is None) != (base is None):
         raise InbetweeningError("give both --img2vid and --base (to move the weights onto another "
                                 "base model), or neither")
-    check_target(output, overwrite, folder=False)
+    inputs = [p for p in (finetuned, img2vid, base) if p is not None]
+    check_target(output, overwrite, folder=False, inputs=inputs)
     wanted = lambda k: any(k.endswith(f".temporal_transformer_blocks.0.attn1.{r}")  # noqa: E731
                            for r in ROTATION_TENSORS)
     ft = _read_unet_tensors(Path(finetuned), wanted)
@@ -252,4 +254,5 @@ def convert_official(finetuned: str | os.PathLike, output: str | os.PathLike, *,
     meta = {"source": "official:svd_reverse_motion_with_attnflip",
             "base_model": base_name or str(base if base is not None else finetuned),
             "num_frames": str(frames)}
-    return save_backward_weights(output, out, metadata=meta, dtype=dtype, overwrite=overwrite)
+    return save_backward_weights(output, out, metadata=meta, dtype=dtype, overwrite=overwrite,
+                                 inputs=inputs)

@@ -5,26 +5,18 @@ and the app all need."""
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import warnings
-from pathlib import Path
 
 import torch
 
 from . import backward as bw
+from .locate import bundled_model, resolve_model  # noqa: F401 (re-exported)
 from .pipeline import InbetweenPipeline
 from .toy import models as toy_models
 from .utils import InbetweeningError
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
           "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-
-
-def bundled_model() -> Path | None:
-    """The toy model shipped inside the package, or None if this checkout has none yet."""
-    folder = toy_models.BUNDLED_MODEL
-    return folder if (folder / "model_index.json").is_file() else None
 
 
 def default_device(device: str | None = None) -> torch.device:
@@ -57,49 +49,6 @@ def tiny_random_components(num_frames: int = 8, seed: int = 0) -> dict:
     return dict(vae=toy_models.vae().eval(), image_encoder=toy_models.image_encoder().eval(),
                 unet=toy_models.unet(num_frames).eval(), scheduler=toy_models.scheduler(),
                 feature_extractor=toy_models.feature_extractor())
-
-
-def resolve_model(model: str | os.PathLike | None) -> str | Path | None:
-    """The model to load: ``model`` as given (a folder, a hub id, or a bundled model's name:
-    ``toy``, ``toy-ambiguous``), else the bundled toy model; None if neither."""
-    if model not in (None, ""):
-        path = Path(model)
-        if not path.exists() and str(model) in toy_models.NAMED_MODELS:
-            path = toy_models.NAMED_MODELS[str(model)]
-            if not (path / "model_index.json").is_file():
-                raise InbetweeningError(f"the bundled model {model!r} is not in this install")
-        if path.exists():
-            if not (path / "model_index.json").is_file():
-                raise InbetweeningError(f"{path} is not a diffusers model folder (no "
-                                        "model_index.json)")
-            check_model_index(path)
-            return path
-        text = str(model)
-        parts = text.split("/")
-        if len(parts) == 2 and all(parts) and not text.startswith((".", "~")):
-            return text  # a hub id (owner/name)
-        raise InbetweeningError(f"model folder not found: {model}")
-    return bundled_model()
-
-
-SVD_COMPONENTS = ("vae", "image_encoder", "unet", "scheduler", "feature_extractor")
-
-
-def check_model_index(folder: Path) -> None:
-    """A model folder's ``model_index.json`` must name every SVD component, each with a folder."""
-    index_path = folder / "model_index.json"
-    try:
-        index = json.loads(index_path.read_text())
-    except (OSError, ValueError) as e:
-        raise InbetweeningError(f"{index_path}: not readable JSON ({e})") from None
-    missing = [c for c in SVD_COMPONENTS
-               if not isinstance(index, dict) or not isinstance(index.get(c), list)]
-    if missing:
-        raise InbetweeningError(f"{index_path} does not describe an SVD model (no "
-                                f"{', '.join(missing)})")
-    absent = [c for c in SVD_COMPONENTS if not (folder / c).is_dir()]
-    if absent:
-        raise InbetweeningError(f"{folder} lacks the component folders {', '.join(absent)}")
 
 
 @contextlib.contextmanager

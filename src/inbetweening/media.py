@@ -137,7 +137,7 @@ def write_video(frames, path: str | os.PathLike, fps: float = 7, *,
     if any(a.ndim != 3 or a.shape[-1] != 3 or a.shape != arrays[0].shape for a in arrays):
         raise InbetweeningError("frames must all be H x W x 3 of the same size")
     path = Path(path)
-    with atomic_path(path, overwrite=overwrite, inputs=inputs, mark=kind != "png") as tmp:
+    with atomic_path(path, overwrite=overwrite, inputs=inputs) as tmp:
         if kind == "mp4":
             import imageio.v2 as imageio
 

@@ -57,7 +57,10 @@ from tqdm.auto import tqdm
 
 from . import attention, backward, conditioning
 from .train_config import CLIPS, COND_AUGS, DUAL_PASSES, PRECISIONS, SAVE_DTYPES, TrainConfig
-from .utils import InbetweeningError, _protected, atomic_torch_save, check_target, mix_seed
+from .utils import (
+    FOLDER_KINDS, InbetweeningError, atomic_torch_save, check_target, folder_mark, mix_seed,
+    why_protected,
+)
 
 LOG_FILE = "log.csv"
 CHECKPOINT_DIR = "checkpoints"
@@ -369,7 +372,8 @@ def load_base(cfg: TrainConfig, device: torch.device, dtype: torch.dtype):
     the VAE in fp32)."""
     from diffusers import UNetSpatioTemporalConditionModel
 
-    from .loading import load_pipeline, resolve_model
+    from .loading import load_pipeline
+    from .locate import resolve_model
 
     source = resolve_model(cfg.model)
     if source is None:
@@ -414,13 +418,23 @@ def check_config(cfg: TrainConfig) -> None:
 def check_output(cfg: TrainConfig) -> None:
     """OUTPUT must be a folder this run may write into, checked before any work: not empty, not
     a file nor under one (:func:`utils.check_target`'s rules), never the root, home or current
-    folder nor one holding the data (``utils._protected``). An existing folder is fine
-    otherwise: it may hold an earlier run, which --resume continues and --overwrite replaces (see
-    _checkpoint_to_resume)."""
+    folder, nor what the run reads or a folder holding it (the data, the model:
+    :func:`utils.why_protected`), nor a model folder or another folder this tool
+    wrote (an output, a set). An existing folder is fine otherwise: it may hold an earlier run,
+    which --resume continues and --overwrite replaces (only this command's own files, see
+    _checkpoint_to_resume and _clear)."""
+    from .locate import model_inputs
+
     out = Path(cfg.output)
     if str(cfg.output) == "" or not out.is_dir():
         check_target(cfg.output, overwrite=True, folder=True)
-    elif why := _protected(out, [cfg.data]):
+        return
+    why = why_protected(out, [p for p in (cfg.data, *model_inputs(cfg.model)) if p])
+    if why is None and (out / "model_index.json").exists():
+        why = "it holds a model"
+    if why is None and (mark := folder_mark(out)) is not None:
+        why = f"this tool wrote it as {FOLDER_KINDS.get(mark.get('kind'), 'something else')}"
+    if why:
         raise InbetweeningError(f"will not train into the folder {out}: {why}")
 
 

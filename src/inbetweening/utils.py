@@ -17,28 +17,40 @@ class InbetweeningError(Exception):
     """An error caused by the user's input; the CLI prints its message on one line and exits 2."""
 
 
-# Every folder this tool writes holds this file: the names it wrote there. Only such a folder, still
-# holding nothing else, may be replaced (or a folder of nothing but PNG frames, as older versions
-# wrote them); see check_target.
+# Every folder this tool writes holds this file: what kind of folder it is and the names it
+# wrote there (see check_target). Each command replaces only a folder of the kind it writes.
 OUTPUT_MARK = ".inbetweening-output.json"
-_FRAME_FILE = re.compile(r"frame_\d{4,}\.png")
+# The kinds, and what each is in words: "output" (interpolate's and demo's), "set" (benchmark),
+# "model" (the toy models), "data" (the toy world's training clips).
+FOLDER_KINDS = {"output": "an output", "set": "a benchmark set", "model": "a model",
+                "data": "training data"}
 
 
-def _owned_folder(path: Path) -> bool:
-    names = {p.name for p in path.iterdir()}
-    mark = path / OUTPUT_MARK
-    if mark.is_file():
-        try:
-            wrote = set(json.loads(mark.read_text())["entries"])
-        except (ValueError, KeyError, TypeError, OSError):
-            return False
-        return names - {OUTPUT_MARK} <= wrote
-    return bool(names) and all(_FRAME_FILE.fullmatch(n) for n in names)
+def folder_mark(path: Path) -> dict | None:
+    """The mark of a folder this tool wrote (``{"kind": ..., "entries": [...]}``), or None when
+    it has none or an unreadable one."""
+    try:
+        mark = json.loads((Path(path) / OUTPUT_MARK).read_text())
+    except (OSError, ValueError):
+        return None
+    return mark if isinstance(mark, dict) else None
 
 
-def _protected(path: Path, inputs: Iterable[str | os.PathLike]) -> str | None:
-    """Why the folder ``path`` may never be replaced, or None."""
-    real = path.resolve()
+def owned_folder(path: Path, kind: str) -> bool:
+    """Whether this tool wrote the folder ``path`` as a folder of ``kind`` and it still holds
+    nothing else. A mark without a kind (written before marks had one) proves nothing."""
+    mark = folder_mark(path)
+    if mark is None or mark.get("kind") != kind or not isinstance(mark.get("entries"), list):
+        return False
+    return {p.name for p in path.iterdir()} - {OUTPUT_MARK} <= set(mark["entries"])
+
+
+def why_protected(path: str | os.PathLike,
+                  inputs: Iterable[str | os.PathLike] = ()) -> str | None:
+    """Why ``path`` may never be replaced by an output, or None: the root, the home or the current
+    folder (or one holding it); one of the ``inputs`` (the files and folders the run reads), a
+    folder holding one, or anything inside an input folder; a model folder."""
+    real = Path(path).resolve()
     if real == Path(real.anchor):
         return "it is the root folder"
     if real == Path.home().resolve():
@@ -48,17 +60,24 @@ def _protected(path: Path, inputs: Iterable[str | os.PathLike]) -> str | None:
         return "it is the current folder or holds it"
     for item in inputs:
         item = Path(item).resolve()
-        if item == real or real in item.parents:
+        if item == real:
+            return "it is one of the inputs"
+        if real in item.parents:
             return f"it holds the input {item}"
+        if item.is_dir() and item in real.parents:
+            return f"it is inside the input folder {item}"
     return None
 
 
 def check_target(path: str | os.PathLike, overwrite: bool, *, folder: bool | None = None,
-                 inputs: Iterable[str | os.PathLike] = ()) -> Path:
+                 inputs: Iterable[str | os.PathLike] = (), kind: str = "output") -> Path:
     """Check, before any work, that ``path`` can be written: not empty, its parent not a file,
-    not existing unless ``overwrite``; an existing folder only if this tool wrote it and it holds
-    nothing else, and never the root, the home or the current folder or one holding ``inputs``.
+    not existing unless ``overwrite``. What exists is replaced only if :func:`why_protected`
+    finds nothing against it (``inputs``: what the run reads) and, for a folder, only if this
+    tool wrote it as a folder of ``kind`` (:func:`owned_folder`) and it holds no model.
     ``folder``: whether the output is a folder (True), a file (False) or either (None)."""
+    if kind not in FOLDER_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(FOLDER_KINDS)}, not {kind!r}")
     if str(path) == "":
         raise InbetweeningError("the output path is empty")
     path = Path(path)
@@ -71,18 +90,22 @@ def check_target(path: str | os.PathLike, overwrite: bool, *, folder: bool | Non
         return path
     if not overwrite:
         raise InbetweeningError(f"{path} already exists (pass --overwrite to replace it)")
-    if any(Path(item).resolve() == path.resolve() for item in inputs):
-        raise InbetweeningError(f"will not replace {path}: it is one of the inputs")
+    inputs = list(inputs)
     if path.is_dir() and not path.is_symlink():
         if folder is False:
             raise InbetweeningError(f"{path} is a folder; it is not replaced by a file")
-        why = _protected(path, inputs)
-        if why is None and not _owned_folder(path):
-            why = "it holds files this tool did not write"
+        why = why_protected(path, inputs)
+        if why is None and kind != "model" and (path / "model_index.json").exists():
+            why = "it holds a model"
+        if why is None and not owned_folder(path, kind):
+            why = ("it holds files this tool did not write" if folder_mark(path) is None
+                   else f"this tool did not write it as {FOLDER_KINDS[kind]}")
         if why:
             raise InbetweeningError(f"will not replace the folder {path}: {why}")
     elif folder:
         raise InbetweeningError(f"{path} is a file; it is not replaced by a folder")
+    elif why := why_protected(path, inputs):
+        raise InbetweeningError(f"will not replace {path}: {why}")
     return path
 
 
@@ -109,22 +132,40 @@ def remove_stale_partials(path: Path) -> list[Path]:
     return removed
 
 
-def _mark(folder: Path) -> None:
+def _mark(folder: Path, kind: str) -> None:
     entries = sorted(p.name for p in folder.iterdir())
-    (folder / OUTPUT_MARK).write_text(json.dumps({"entries": entries}) + "\n")
+    (folder / OUTPUT_MARK).write_text(json.dumps({"kind": kind, "entries": entries}) + "\n")
+
+
+def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
+    """``tmp`` to ``path``. Without ``overwrite`` a file is linked (which fails if ``path``
+    appeared meanwhile) rather than renamed over whatever is there."""
+    if overwrite or tmp.is_dir():
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise InbetweeningError(f"{path} appeared while this ran; it is left as it is "
+                                "(pass --overwrite to replace it)") from None
+    except OSError:  # a file system without hard links: the check just made must do
+        os.replace(tmp, path)
+    else:
+        tmp.unlink()
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, overwrite: bool = True,
-                inputs: Iterable[str | os.PathLike] = (), mark: bool = True):
+                inputs: Iterable[str | os.PathLike] = (), kind: str = "output"):
     """Yield a temporary path beside ``path``; move it into place only if the block succeeds.
 
-    Works for files and folders; a folder gets :data:`OUTPUT_MARK` (unless ``mark`` is False:
-    a folder of nothing but PNG frames is known as this tool's without it). Nothing is left at ``path``
-    (or beside it) if the block raises. An existing ``path`` is replaced only as
-    :func:`check_target` allows (with ``overwrite=False`` never).
+    Works for files and folders; a folder gets :data:`OUTPUT_MARK` saying it is a folder of
+    ``kind`` (see :data:`FOLDER_KINDS`). Nothing is left at ``path`` (or beside it) if the block
+    raises. An existing ``path`` is replaced only as :func:`check_target` allows (with
+    ``overwrite=False`` never), checked before the work and again just before the move, so that
+    what appeared or changed at ``path`` meanwhile is not lost.
     """
-    path = check_target(path, overwrite, inputs=inputs)
+    path = check_target(path, overwrite, inputs=inputs, kind=kind)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.",
@@ -135,12 +176,12 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True,
     try:
         yield tmp
         _default_permissions(tmp)
-        if tmp.is_dir() and mark:
-            _mark(tmp)
+        if tmp.is_dir():
+            _mark(tmp, kind)
+        check_target(path, overwrite, folder=tmp.is_dir(), inputs=inputs, kind=kind)
         if path.is_dir() and not path.is_symlink():
-            check_target(path, overwrite, folder=tmp.is_dir(), inputs=inputs)
             shutil.rmtree(path)
-        os.replace(tmp, path)
+        _move_into_place(tmp, path, overwrite)
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -11,9 +11,11 @@ def run(args) -> None:
 
     from ..demo import run_demo
     from ..loading import load_pipeline
+    from ..locate import model_inputs
     from ..utils import check_target
 
-    check_target(args.output, args.overwrite, folder=True)
+    check_target(args.output, args.overwrite, folder=True,
+                 inputs=model_inputs(args.model, args.backward))
     pipe = load_pipeline(args.model, args.backward, args.device, args.dtype,
                          compile=args.compile)
     pipe.set_progress_bar_config(disable=True)

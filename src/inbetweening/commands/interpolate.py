@@ -22,12 +22,14 @@ def run(args) -> None:
     from .. import media
     from ..keyframes import inbetween_sequence, layout
     from ..loading import load_pipeline
+    from ..locate import model_inputs
     from ..pipeline import check_aspects
 
     options = sampling_options(args)
     if args.seed is not None:
         check_seed(args.seed)
-    media.check_output(args.output, args.overwrite, args.keyframes)
+    inputs = [*args.keyframes, *model_inputs(args.model, args.backward)]
+    media.check_output(args.output, args.overwrite, inputs)
     images = [media.read_image(p) for p in args.keyframes]
     layout(images, args.loop)  # too few keyframes: refused before the model is loaded
     check_aspects(images)
@@ -46,7 +48,7 @@ def run(args) -> None:
     if args.side_by_side:
         video = media.side_by_side(video, images)
     media.write_video(video, args.output, fps=kw["fps"], overwrite=args.overwrite,
-                      inputs=args.keyframes)
+                      inputs=inputs)
     h, w = video.shape[1:3]
     print(f"wrote {args.output} ({len(video)} frames, {w}x{h}, {time.time() - t0:.1f} s)")
 

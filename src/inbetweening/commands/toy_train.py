@@ -82,7 +82,7 @@ def fit_autoencoder(out: Path, cfg: AutoencoderConfig, world: WorldConfig,
     if init is not None:
         from ..toy.autoencoder import PatchAutoencoder
 
-        with atomic_path(out / "vae") as tmp:
+        with atomic_path(out / "vae", kind="model") as tmp:
             PatchAutoencoder.from_pretrained(init / "vae").float().save_pretrained(tmp)
         _write_stage_report(out, "autoencoder", {"copied_from": str(init)})
         return
@@ -96,7 +96,7 @@ def fit_autoencoder(out: Path, cfg: AutoencoderConfig, world: WorldConfig,
     with torch.no_grad():
         rec = vae.decode(vae.encode(held).latent_dist.mode()).sample
     psnr = -10 * math.log10(F.mse_loss(rec, held).item() / 4)
-    with atomic_path(out / "vae") as tmp:
+    with atomic_path(out / "vae", kind="model") as tmp:
         vae.save_pretrained(tmp)
     print(f"autoencoder: {stats['variance_kept']:.1%} of the patch variance, {psnr:.1f} dB on "
           "other clips")
@@ -269,7 +269,7 @@ def train_forward(out: Path, cfg: ForwardConfig, world: WorldConfig, device: str
             prune_checkpoints(ckpt_dir, keep=2)
     bar.close()
     for name, model in (("unet", ema_unet), ("image_encoder", ema_encoder)):
-        with atomic_path(out / name) as tmp:
+        with atomic_path(out / name, kind="model") as tmp:
             model.save_pretrained(tmp)
     models.feature_extractor().save_pretrained(out / "feature_extractor")
     models.scheduler().save_pretrained(out / "scheduler")
@@ -314,7 +314,7 @@ def write_clips(folder: Path, count: int, world: WorldConfig, seed: int = TRAIN_
         if clip_dir.is_dir():
             continue
         video = make_clips(seed, 1, world, start=i).video[0]
-        with atomic_path(clip_dir) as tmp:
+        with atomic_path(clip_dir, kind="data") as tmp:
             tmp.mkdir()
             for f, frame in enumerate(video):
                 arr = (frame.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
@@ -378,7 +378,7 @@ def bundle(out: Path, dest: Path = models.BUNDLED_MODEL) -> Path:
     if missing or not (out / WEIGHTS_FILENAME).is_file():
         raise SystemExit(f"cannot bundle {out}: missing {missing or [WEIGHTS_FILENAME]}")
     tensors, meta = load_backward_weights_file(out / WEIGHTS_FILENAME)
-    with atomic_path(dest) as tmp:  # replaces an earlier bundle in one move
+    with atomic_path(dest, kind="model") as tmp:  # replaces an earlier bundle in one move
         tmp.mkdir(parents=True)
         for name, cls in classes.items():
             part = cls.from_pretrained(out / name)

@@ -8,10 +8,11 @@ import shutil
 import time
 from pathlib import Path
 
+from ..locate import model_inputs, resolve_model
 from ..methods import BACKWARD_METHODS
 from ..methods import METHODS as DIFFUSION_METHODS
 from ..options import SamplingOptions
-from ..utils import InbetweeningError
+from ..utils import InbetweeningError, why_protected
 from .report import write_report
 from .results import (
     SETTINGS, Settings, load_record, record_path, save_npz, video_path, write_json,
@@ -43,8 +44,6 @@ def _options(options) -> SamplingOptions:
 
 def _settings(bset: BenchmarkSet, model, backward, seed: int,
               options: SamplingOptions) -> Settings:
-    from ..loading import resolve_model
-
     source = resolve_model(model)
     sampling = {k: v for k, v in dataclasses.asdict(options).items() if k not in SET_BY_THE_SET}
     return Settings(set_root=str(bset.root.resolve()), set_digest=bset.digest,
@@ -53,10 +52,13 @@ def _settings(bset: BenchmarkSet, model, backward, seed: int,
                     seed=int(seed), sampling=json.loads(json.dumps(sampling)))
 
 
-def _check_results_folder(out: Path, settings: Settings, overwrite: bool) -> None:
-    """``out`` must be new, or hold results of the same settings (resumed), or be overwritten."""
+def _check_results_folder(out: Path, settings: Settings, overwrite: bool, inputs) -> None:
+    """``out`` must be new, or hold results of the same settings (resumed), or hold results and be
+    overwritten; never what the run reads (``inputs``), a folder holding it or inside it."""
     if out.exists() and not out.is_dir():
         raise InbetweeningError(f"{out} exists and is not a folder")
+    if why := why_protected(out, inputs):
+        raise InbetweeningError(f"will not write results into {out}: {why}")
     settings_path = out / SETTINGS
     if settings_path.is_file() and not overwrite:
         try:
@@ -69,7 +71,7 @@ def _check_results_folder(out: Path, settings: Settings, overwrite: bool) -> Non
         if diff:
             raise InbetweeningError(f"{out} holds results made with other settings (different "
                                     f"{', '.join(diff)}); give another --out or --overwrite")
-    elif out.is_dir() and any(out.iterdir()) and not settings_path.is_file() and not overwrite:
+    elif out.is_dir() and any(out.iterdir()) and not settings_path.is_file():
         raise InbetweeningError(f"{out} is a folder that does not hold evaluation results; give "
                                 "another --out")
 
@@ -164,7 +166,8 @@ def evaluate(set_path, methods, out, *, model=None, backward=None, device=None, 
     nets = FeatureNets.load(lpips, inception, fvd)
     out = Path(out)
     settings = _settings(bset, model, backward, seed, options)
-    _check_results_folder(out, settings, overwrite)
+    _check_results_folder(out, settings, overwrite,
+                          [bset.root, *model_inputs(model, backward)])
     cpu = device in ("cpu",) or (device is None and not torch.cuda.is_available())
     state = _distributed_state(cpu)
     pipe = _load_model(methods, bset, options, model, backward, device, dtype, state, quiet,

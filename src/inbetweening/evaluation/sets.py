@@ -185,7 +185,8 @@ def make_toy_set(out: str | Path, n: int, seed: int | None = None, *, frames: in
     from tqdm.auto import tqdm
 
     entries, skipped, index = [], [], 0
-    with atomic_path(out, overwrite=overwrite) as tmp, tqdm(total=n, desc="toy pairs") as bar:
+    with (atomic_path(out, overwrite=overwrite, kind="set") as tmp,
+          tqdm(total=n, desc="toy pairs") as bar):
         tmp.mkdir()
         while len(entries) < n:
             try:
@@ -225,7 +226,7 @@ def make_toy_set(out: str | Path, n: int, seed: int | None = None, *, frames: in
 def model_geometry(model) -> tuple[int, int, int] | None:
     """(frames, width, height) a local diffusers SVD folder was configured for (from its config
     files, without loading weights), or None when unknown."""
-    from ..loading import resolve_model
+    from ..locate import resolve_model
     from ..pipeline import vae_scale_factor
 
     source = resolve_model(model)
@@ -301,7 +302,7 @@ def make_video_set(videos: str | Path, out: str | Path, *, gap: int = 25,
     sources = _video_sources(Path(videos))
     counts = {"videos": len(sources), "unreadable": 0, "too_short": 0, "pairs": 0}
     entries = []
-    with atomic_path(out, overwrite=overwrite) as tmp:
+    with atomic_path(out, overwrite=overwrite, inputs=[videos], kind="set") as tmp:
         tmp.mkdir()
         for src in tqdm(sources, desc="videos"):
             try:

@@ -10,24 +10,18 @@ channels instead of 4.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from diffusers import EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
+# (the bundled models' folders and names live in the torch-free inbetweening.locate)
+from ..locate import AMBIGUOUS_MODEL, BUNDLED_MODEL, NAMED_MODELS  # noqa: F401
 from .autoencoder import PatchAutoencoder
 from .world import WorldConfig
 
 WORLD = WorldConfig()
 LATENT_CHANNELS = 32
 EMBED_DIM = 64
-
-# Where the trained toy model lives inside the package (a diffusers folder + backward weights).
-BUNDLED_MODEL = Path(__file__).resolve().parent / "model"
-# The ambiguous world's model (each vehicle slow or fast), bundled beside it.
-AMBIGUOUS_MODEL = Path(__file__).resolve().parent / "ambiguous"
-# What ``--model NAME`` may name besides a folder or a hub id.
-NAMED_MODELS = {"toy": BUNDLED_MODEL, "toy-ambiguous": AMBIGUOUS_MODEL}
 
 SVD_SCHEDULER_CONFIG = dict(
     num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
