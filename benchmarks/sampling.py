@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from inbetweening import attention, backward
+from inbetweening import backward
+from inbetweening.conditioning import KeyframeCondition
+from inbetweening.denoisers import InbetweenDenoiser, fuse_weights, guidance_per_frame
 from inbetweening.methods import layer_plans
-from inbetweening.sampling import (
-    InbetweenDenoiser, KeyframeCondition, count_predictions, fuse_weights, guidance_per_frame,
-)
+from inbetweening.sampling import count_predictions
 
 MODES = {"fused (default)": dict(dual_pass="fused"),
          "fused, calls of 2 rows": dict(dual_pass="fused", max_rows=2),
@@ -70,8 +70,8 @@ def denoiser(unet, mode: dict, frames: int, latent_hw, device, dtype):
             latent=torch.randn(1, channels, *latent_hw, generator=g).to(device, dtype))
 
     ids = torch.tensor([[6.0, 127.0, 0.02]], device=device, dtype=dtype)
-    plans = layer_plans("gi", list(attention.temporal_attention_layers(unet)), "rotation")
-    den = InbetweenDenoiser(unet, "gi", cond(), cond(), ids, guidance_per_frame(frames, 1, 3, True),
+    plans = layer_plans("gi", unet, "rotation")
+    den = InbetweenDenoiser(unet, cond(), cond(), ids, guidance_per_frame(frames, 1, 3, True),
                             fuse_weights(frames, "average"), plans, **mode)
     x = torch.randn(1, frames, channels, *latent_hw, generator=g).to(device, torch.float32)
     return den, x

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from inbetweening import attention, backward, conditioning
+from inbetweening import backward, conditioning
 from inbetweening.methods import layer_plans
 from inbetweening.training import DUAL_PASSES, BackwardObjective
 
@@ -54,7 +54,7 @@ def make_step(unet, variant: str, dual_pass: str, clips: int, device, autocast_d
     """A closure doing one optimizer step, on its own fresh backward weights."""
     c = unet.config
     weights = backward.init_backward_weights(unet, variant, torch.float32)
-    plans = layer_plans("gi", list(attention.temporal_attention_layers(unet)), variant)
+    plans = layer_plans("gi", unet, variant)
     ids = conditioning.added_time_ids(7, 127, 0.02, 1, device=device)
     objective = BackwardObjective(unet, weights, plans, ids, dual_pass)
     params = list(weights.values())

@@ -1,7 +1,7 @@
 """An independent oracle for Alg. 2 of the paper (dual-directional sampling) on a tiny random SVD.
 
 The oracle writes the sampling loop out literally with plain diffusers UNets and its own
-attention processors, and shares none of the package's dual-direction plumbing (no
+attention processors (tests/oracles.py), and shares none of the package's dual-direction plumbing (no
 InbetweenDenoiser, no sample_euler, no TemporalAttentionProcessor, no layer plans, no
 edm_scalings). Per prediction at sigma:
 
@@ -24,11 +24,10 @@ initial latent, then the re-injection noise.
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from diffusers import EulerDiscreteScheduler
+from oracles import rotating_copies, temporal_layers
 
 from inbetweening import attention, backward, conditioning
 
@@ -36,57 +35,16 @@ FRAMES, SIZE, FPS, MOTION, AUG = 6, 64, 7, 127, 0.02
 SEED = 4
 
 
-class LiteralTemporalAttention:
-    """One temporal self-attention layer, computed with an explicit softmax map.
-
-    ``record``: ordinary attention with the module's own weights; the map is kept in ``store``.
-    ``inject``: the map kept by the layer of the same name, rotated by 180 degrees, applied to the
-    values of this call (projected with this module's own, i.e. backward, to_v / to_out.0)."""
-
-    def __init__(self, name: str, mode: str, store: dict[str, torch.Tensor]):
-        self.name, self.mode, self.store = name, mode, store
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                 temb=None, *args, **kwargs):
-        assert encoder_hidden_states is None and attention_mask is None
-        x = hidden_states  # (rows, frames, channels)
-        rows, frames, _ = x.shape
-        h = attn.heads
-
-        def split(t):
-            return t.reshape(rows, frames, h, -1).permute(0, 2, 1, 3)  # (rows, heads, F, d)
-
-        v = split(attn.to_v(x))
-        if self.mode == "record":
-            q, k = split(attn.to_q(x)), split(attn.to_k(x))
-            a = torch.softmax(q @ k.transpose(-1, -2) * attn.scale, dim=-1)
-            self.store[self.name] = a
-        else:
-            a = self.store[self.name].flip(-2, -1)
-            assert a.shape[0] == rows
-        o = (a @ v).permute(0, 2, 1, 3).reshape(rows, frames, -1)
-        return attn.to_out[1](attn.to_out[0](o))
-
-
 def _literal_unets(unet):
-    """(forward UNet that records, backward UNet that injects) as copies of ``unet``; the
-    backward copy gets the backward to_v / to_out.0 weights loaded on ``unet``."""
+    """(forward UNet that records, backward UNet that injects, their store) as copies of
+    ``unet``; the backward copy gets the backward to_v / to_out.0 weights loaded on ``unet``."""
     weights = {n: t.detach().clone() for n, t in backward.backward_parameters(unet).items()}
     assert weights and all(n.endswith(("attn1.to_v.weight", "attn1.to_out.0.weight"))
                            for n in weights)
-    store: dict[str, torch.Tensor] = {}
-    fwd, bwd = copy.deepcopy(unet), copy.deepcopy(unet)
     own = dict(unet.named_parameters())
     assert max((weights[n] - own[n]).abs().max().item() for n in weights) > 1e-2  # they differ
-    with torch.no_grad():
-        missing, unexpected = bwd.load_state_dict(weights, strict=False)
-    assert not unexpected and len(missing) == len(bwd.state_dict()) - len(weights)
-    for model, mode in ((fwd, "record"), (bwd, "inject")):
-        layers = [(n, m) for n, m in model.named_modules()
-                  if n.endswith("temporal_transformer_blocks.0.attn1")]
-        assert len(layers) == 6
-        for name, module in layers:
-            module.set_processor(LiteralTemporalAttention(name, mode, store))
+    fwd, bwd, store = rotating_copies(unet, weights)
+    assert len(temporal_layers(fwd)) == 6
     return fwd, bwd, store
 
 

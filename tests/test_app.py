@@ -180,11 +180,12 @@ def test_defaults_come_from_the_model(app, tiny_pipe):
     tiny_pipe.defaults = {"num_inference_steps": 12, "num_frames": 5, "max_guidance_scale": 2.0,
                           "fps": 4}
     assert app.defaults() == dict(method="gi", frames=5, steps=12, size="64x64", fps=4)
-    kw = app.sampling_kwargs("trf", 6, 3, "128x64", 9)
+    kw, _ = tiny_pipe.call_settings(**app.sampling_kwargs("trf", 6, 3, "128x64", 9))
     assert kw["max_guidance_scale"] == 2.0  # the model's recommendation stays ...
     assert (kw["method"], kw["num_frames"], kw["num_inference_steps"], kw["fps"],
             kw["width"], kw["height"]) == ("trf", 6, 3, 9, 128, 64)  # ... under what was asked
-    kw = app.sampling_kwargs("gi", 6, 8, "64x64", 7, recipe="paper")  # the recipe's re-injection
+    kw, _ = tiny_pipe.call_settings(**app.sampling_kwargs("gi", 6, 8, "64x64", 7,
+                                                          recipe="paper"))
     assert (kw["num_inference_steps"], kw["reinject_count"], kw["reinject_fraction"]) == (8, 5, 0.5)
 
 

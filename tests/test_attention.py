@@ -24,7 +24,7 @@ def test_rotated_map_equals_flipped_queries_and_keys():
 
 def _layer():
     unet = tiny_unet()
-    name, attn = next(iter(attention.temporal_attention_layers(unet).items()))
+    name, attn = next(iter(attention.controlled_layers(unet).items()))
     return name, attn
 
 

@@ -18,8 +18,9 @@ import torch
 from conftest import tiny_components, tiny_unet
 
 from inbetweening import attention, backward, conditioning
-from inbetweening import pipeline as pipeline_module
-from inbetweening.pipeline import InbetweenPipeline, to_pil
+from inbetweening import folders, runners
+from inbetweening.inputs import to_pil
+from inbetweening.pipeline import InbetweenPipeline
 from inbetweening.utils import InbetweeningError
 
 # Short runs: 2 steps, one re-injection on the first (3 predictions), so that every noise source
@@ -89,13 +90,13 @@ class _Seen(Exception):
 def test_guidance_is_symmetrised_only_under_average_fusion(tiny_pipe, keyframes, monkeypatch):
     seen = []
 
-    class Spy(pipeline_module.InbetweenDenoiser):
+    class Spy(runners.InbetweenDenoiser):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             seen.append(self.guidance)
             raise _Seen
 
-    monkeypatch.setattr(pipeline_module, "InbetweenDenoiser", Spy)
+    monkeypatch.setattr(runners, "InbetweenDenoiser", Spy)
     for fuse in ("average", "linear"):
         with pytest.raises(_Seen):
             _run(tiny_pipe, keyframes, fuse=fuse, min_guidance_scale=1.0, max_guidance_scale=3.0)
@@ -159,7 +160,7 @@ def test_save_pretrained_loads_back_with_both_loaders(tiny_pipe, keyframes, tmp_
     folder = tmp_path / "model"
     tiny_pipe.save_pretrained(folder)
     index = json.loads((folder / "model_index.json").read_text())
-    assert index["_class_name"] == [pipeline_module.PIPELINE_MODULE, "InbetweenPipeline"]
+    assert index["_class_name"] == [folders.PIPELINE_MODULE, "InbetweenPipeline"]
     assert index["feature_extractor"] == ["transformers", "CLIPImageProcessor"]
     assert json.loads((folder / "inbetweening.json").read_text()) == tiny_pipe.defaults
     assert (folder / "backward.safetensors").is_file()
@@ -208,7 +209,7 @@ def test_from_pipe_of_a_diffusers_svd_pipeline(keyframes):
     svd = _quiet(StableVideoDiffusionPipeline(**tiny_components()))
     pipe = _quiet(InbetweenPipeline.from_pipe(svd))
     assert isinstance(pipe, InbetweenPipeline) and pipe.unet is svd.unet
-    assert len(attention.installed(pipe.unet)) == len(attention.temporal_attention_layers(svd.unet))
+    assert len(attention.installed(pipe.unet)) == len(attention.controlled_layers(svd.unet))
     image = to_pil(keyframes[0])
     kw = dict(height=64, width=64, num_frames=4, num_inference_steps=2, output_type="np")
     a = pipe(image, method="forward", generator=_gen(5), **kw).frames
@@ -278,7 +279,7 @@ def test_batched_tensor_keyframes(tiny_pipe, keyframes):
 
 def test_keyframe_pairs():
     """A batch of one start or end keyframe goes with each keyframe of the other batch."""
-    from inbetweening.pipeline import keyframe_pairs
+    from inbetweening.inputs import keyframe_pairs
 
     a, b, c = (PIL.Image.new("RGB", (8, 8), v) for v in ("red", "green", "blue"))
     assert keyframe_pairs([a, b], c) == [(a, c), (b, c)]

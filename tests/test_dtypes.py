@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 
 from inbetweening import cli, media
 from inbetweening.toy.world import HELD_OUT_SEED, make_clip
@@ -30,8 +31,22 @@ def generate(keyframes, out, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
-def test_half_precision_works_on_the_toy_model(dtype, keyframes, tmp_path):
+def test_half_precision_works_on_the_toy_model(dtype, keyframes, tmp_path, monkeypatch):
+    from inbetweening import loading
+
+    loaded = []
+    load = loading.load_pipeline
+
+    def spy(*args, **kwargs):  # the pipeline the command line ran
+        loaded.append(load(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(loading, "load_pipeline", spy)
     full = generate(keyframes, tmp_path / "fp32", None)
     half = generate(keyframes, tmp_path / dtype, dtype)
+    assert loaded[0].unet.dtype == torch.float32
+    assert loaded[1].unet.dtype == loaded[1].image_encoder.dtype == loading.DTYPES[dtype]
     assert half.shape == full.shape == (8, 64, 64, 3)
-    assert np.abs(half - full).mean() < 8  # (of 255) the same video, to half precision
+    diff = np.abs(half - full)
+    assert diff.mean() < 8  # (of 255) the same video, to half precision ...
+    assert diff.max() > 0  # ... computed in half precision

@@ -12,7 +12,8 @@ import torch
 from inbetweening import cli, media
 from inbetweening.keyframes import inbetween_sequence, join_segments, layout
 from inbetweening.loading import bundled_model
-from inbetweening.pipeline import InbetweenPipelineOutput, to_pil
+from inbetweening.inputs import to_pil
+from inbetweening.pipeline import InbetweenPipelineOutput
 from inbetweening.utils import InbetweeningError
 
 

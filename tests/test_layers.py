@@ -15,17 +15,19 @@ ROOT = Path(inbetweening.__file__).parent
 # Lowest level first. A module may import its own level or a lower one.
 LAYERS = [
     ["utils"],
-    ["options", "methods", "media", "conditioning", "attention", "baselines", "metrics", "locate",
-     "toy.world", "toy.autoencoder"],
-    ["backward", "sampling", "peers", "data", "toy.models", "toy.tracker", "toy.blending"],
+    ["options", "methods", "media", "conditioning", "backbones", "attention", "baselines",
+     "metrics", "locate", "inputs", "toy.world", "toy.autoencoder"],
+    ["backward", "sampling", "peers", "denoisers", "runners", "folders", "data", "toy.models",
+     "toy.tracker", "toy.blending"],
     ["pipeline"],
     ["loading", "keyframes"],
     # the application layer: the work commands do, then the commands, then the entry point
-    ["train_config", "training", "evaluation", "evaluation.*", "demo", "app"],
+    ["train_config", "training", "toy.training", "evaluation", "evaluation.*", "demo", "app"],
     ["commands", "commands.*"],
     ["cli", "__main__"],
 ]
-MODEL_LAYER = {"attention", "backward", "conditioning", "methods", "sampling", "peers", "pipeline"}
+MODEL_LAYER = {"attention", "backbones", "backward", "conditioning", "denoisers", "folders",
+               "inputs", "locate", "methods", "sampling", "peers", "pipeline", "runners"}
 APPLICATION = {"cli", "app", "evaluation", "training", "demo", "commands"}
 
 
@@ -153,3 +155,38 @@ def test_every_import_of_the_package_names_one_of_its_modules():
                 if target not in modules:
                     wrong.append(f"{name}: from {'.' * node.level}{node.module}")
     assert not wrong, wrong
+
+
+# -- the code's shape: rooms of a readable size, private names kept at home ---------------------
+MAX_FUNCTION_LINES, MAX_CLASS_LINES = 60, 250
+
+
+def _definitions():
+    for path in sorted(ROOT.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                yield module_name(path), node
+
+
+def test_no_function_over_60_lines_and_no_class_over_250():
+    """Counted from the definition line to the last line of the body, docstrings included."""
+    big = []
+    for name, node in _definitions():
+        lines = node.end_lineno - node.lineno + 1
+        limit = MAX_CLASS_LINES if isinstance(node, ast.ClassDef) else MAX_FUNCTION_LINES
+        if lines > limit:
+            big.append(f"{name}.{node.name}: {lines} lines (at most {limit})")
+    assert not big, "\n".join(big)
+
+
+def test_no_private_name_is_imported_from_another_module():
+    """(of this package's modules; other libraries' are their business)"""
+    found = []
+    for path in ROOT.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (
+                    node.level or (node.module or "").startswith("inbetweening")):
+                found += [f"{module_name(path)}: from {'.' * node.level}{node.module or ''} "
+                          f"import {a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not found, found

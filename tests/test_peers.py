@@ -3,7 +3,7 @@
 Each oracle here is written out from the method's description (TRF's release, ViBiD's
 Algorithm / release, GI's rotated maps) with plain diffusers UNets on copies of the tiny model:
 its own EDM formulas, flips, guidance, fusion, conjugate gradients and, for the rotated maps, its
-own attention processors with explicit softmax maps. It shares none of the package's sampling
+own attention processors with explicit softmax maps (tests/oracles.py). It shares none of the package's sampling
 plumbing (no InbetweenDenoiser, no peers sampler or path denoiser, no TemporalAttentionProcessor,
 no edm_scalings). Only the per-keyframe conditioning (CLIP embedding, noise-augmented latent),
 the initial latent and the seed of the re-noising draws are shared inputs.
@@ -15,17 +15,17 @@ held to, so the agreement is not vacuous.
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from diffusers import EulerDiscreteScheduler
-from diffusers.models.attention_processor import AttnProcessor2_0
+from oracles import clean_estimate, plain_copy, rotating_copies, temporal_layers
 
-from inbetweening import attention, backward, conditioning, peers
-from inbetweening.methods import PEER_METHODS, SAMPLING, is_dual, layer_plans
-from inbetweening.sampling import (
-    InbetweenDenoiser, KeyframeCondition, fuse_weights, guidance_per_frame)
+from inbetweening import backward, conditioning, methods, peers, runners
+from inbetweening.conditioning import KeyframeCondition
+from inbetweening.denoisers import (
+    InbetweenDenoiser, PlainPath, RotatedBackward, fuse_weights, guidance_per_frame,
+)
+from inbetweening.methods import layer_plans
 
 FRAMES, SIZE, FPS, MOTION, AUG = 6, 64, 7, 127, 0.02
 TOL = 1e-4
@@ -76,79 +76,22 @@ def _x0(sigmas, inputs):
 
 
 def _plans(pipe, method):
-    return layer_plans(method, list(attention.temporal_attention_layers(pipe.unet)),
-                       backward.loaded_variant(pipe.unet))
+    return layer_plans(method, pipe.unet, backward.loaded_variant(pipe.unet))
 
 
-# -- the oracles' own network pieces -------------------------------------------------------------
-class ExplicitMapAttention:
-    """A temporal self-attention layer with an explicit softmax map. ``record``: this module's
-    own weights, and the map is kept in ``store[name]``; ``inject``: the map kept under this
-    layer's name, turned by 180 degrees (both frame axes reversed), applied to this module's own
-    values and output projection (the backward weights on the backward copy)."""
-
-    def __init__(self, name, mode, store):
-        self.name, self.mode, self.store = name, mode, store
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                 temb=None, *args, **kwargs):
-        assert encoder_hidden_states is None and attention_mask is None
-        n, f, _ = hidden_states.shape
-
-        def heads(t):
-            return t.reshape(n, f, attn.heads, -1).transpose(1, 2)
-
-        v = heads(attn.to_v(hidden_states))
-        if self.mode == "record":
-            q, k = heads(attn.to_q(hidden_states)), heads(attn.to_k(hidden_states))
-            a = torch.softmax(q @ k.transpose(-1, -2) * attn.scale, dim=-1)
-            self.store[self.name] = a
-        else:
-            a = self.store.pop(self.name)
-            assert a.shape[0] == n
-            a = torch.flip(a, dims=(2, 3))
-        out = (a @ v).transpose(1, 2).reshape(n, f, -1)
-        return attn.to_out[1](attn.to_out[0](out))
-
-
-def _temporal(model):
-    return [(n, m) for n, m in model.named_modules()
-            if n.endswith("temporal_transformer_blocks.0.attn1")]
-
-
-def _plain_copy(unet):
-    """A copy of the base UNet with diffusers' own attention everywhere."""
-    model = copy.deepcopy(unet)
-    model.set_attn_processor(AttnProcessor2_0())
-    return model
-
-
+# -- the oracles' own network pieces (tests/oracles.py) -----------------------------------------
 def _rotating_copies(unet):
-    """(forward copy that records maps, backward copy with the backward weights that injects them
-    rotated, the store between them)."""
-    weights = {k: t.detach().clone() for k, t in backward.backward_parameters(unet).items()}
-    fwd, bwd = _plain_copy(unet), _plain_copy(unet)
-    missing, unexpected = bwd.load_state_dict(weights, strict=False)
-    assert not unexpected and len(missing) == len(bwd.state_dict()) - len(weights)
-    store: dict[str, torch.Tensor] = {}
-    for model, mode in ((fwd, "record"), (bwd, "inject")):
-        layers = _temporal(model)
-        assert len(layers) == 6
-        for name, module in layers:
-            module.set_processor(ExplicitMapAttention(name, mode, store))
+    fwd, bwd, store = rotating_copies(unet, keep=False)
+    assert len(temporal_layers(fwd)) == 6
     return fwd, bwd, store
 
 
 def _clean_estimates(model, x, s, cond, ids):
-    """EDM v-prediction, written out: (D_uncond, D_cond) for x (1, F, C, h, w) at sigma s, the
+    """(D_uncond, D_cond) for x (1, F, C, h, w) at sigma s (oracles.clean_estimate), the
     unconditional row with zero embedding and zero image latent."""
-    rows = torch.cat([x, x])
     emb = torch.cat([torch.zeros_like(cond.embedding), cond.embedding])
     lat = torch.cat([torch.zeros_like(cond.latent), cond.latent])
-    inp = torch.cat([rows / (s**2 + 1) ** 0.5, lat[:, None].repeat(1, FRAMES, 1, 1, 1)], dim=2)
-    v = model(inp, (0.25 * torch.log(s)).reshape(1), encoder_hidden_states=emb,
-              added_time_ids=ids.repeat(2, 1)).sample
-    d = rows / (s**2 + 1) - s / (s**2 + 1) ** 0.5 * v
+    d = clean_estimate(model, torch.cat([x, x]), s, emb, lat, ids)
     return d[:1], d[1:]
 
 
@@ -194,7 +137,7 @@ def trf_oracle(pipe, inputs, steps, *, jump_length, jump_n_sample, ratio, noise_
 
     broken: "average" (weights 0.5), "symmetric-guidance", "no-jump" (plain Euler),
     "swap-frames" (start and end conditions exchanged)."""
-    model = _plain_copy(pipe.unet)
+    model = plain_copy(pipe.unet)
     sigmas = _sigmas(pipe, steps)
     g = torch.Generator().manual_seed(seed)
     x = _x0(sigmas, inputs)
@@ -231,7 +174,7 @@ def trf_oracle(pipe, inputs, steps, *, jump_length, jump_n_sample, ratio, noise_
 def _trf_fast(pipe, inputs, steps, *, dual_pass="fused", gmin=1.0, gmax=3.0, seed=0, **kw):
     sigmas = _sigmas(pipe, steps)
     denoise = InbetweenDenoiser(
-        pipe.unet, "trf", inputs["start"], inputs["end"], inputs["ids"],
+        pipe.unet, inputs["start"], inputs["end"], inputs["ids"],
         guidance_per_frame(FRAMES, gmin, gmax, symmetric=False), fuse_weights(FRAMES, "linear"),
         _plans(pipe, "trf"), dual_pass=dual_pass)
     return peers.sample_trf(denoise, _x0(sigmas, inputs), sigmas,
@@ -354,7 +297,7 @@ def sequential_oracle(pipe, inputs, steps, *, scale=1.0, rotated=False, dds=True
     if rotated:
         fwd, bwd, store = _rotating_copies(pipe.unet)
     else:
-        fwd = bwd = _plain_copy(pipe.unet)
+        fwd = bwd = plain_copy(pipe.unet)
         store = None
     sigmas = _sigmas(pipe, steps)
     g = torch.Generator().manual_seed(seed)
@@ -397,13 +340,13 @@ def _sequential_fast(pipe, inputs, steps, *, scale=1.0, rotated=False, dds=True,
                      dual_pass="fused", max_rows=None):
     sigmas = _sigmas(pipe, steps)
     start, end, ids = inputs["start"], inputs["end"], inputs["ids"]
-    forward = peers.PlainPath(pipe.unet, start, ids, scale, max_rows=max_rows)
+    forward = PlainPath(pipe.unet, start, ids, scale, max_rows=max_rows)
     if rotated:
-        backward_path = peers.RotatedBackward(pipe.unet, start, end, ids, scale,
+        backward_path = RotatedBackward(pipe.unet, start, end, ids, scale,
                                               _plans(pipe, "gi-sequential"), dual_pass=dual_pass,
                                               max_rows=max_rows)
     else:
-        backward_path = peers.PlainPath(pipe.unet, end, ids, scale, max_rows=max_rows)
+        backward_path = PlainPath(pipe.unet, end, ids, scale, max_rows=max_rows)
     latents = {}
     if dds:
         with torch.no_grad():
@@ -468,7 +411,7 @@ def mpd_oracle(pipe, inputs, steps, *, ratio, iterations, mix=1.0, seed=0, broke
 
     broken: "anchor-start" (the anchor is the start keyframe), "keep-sign" (residuals not
     negated), "no-distill"."""
-    model = _plain_copy(pipe.unet)
+    model = plain_copy(pipe.unet)
     sigmas = _sigmas(pipe, steps)
     g = torch.Generator().manual_seed(seed)
     x = _x0(sigmas, inputs)
@@ -509,8 +452,8 @@ def _mpd_fast(pipe, inputs, steps, *, seed=0, **kw):
     start, end, ids = inputs["start"], inputs["end"], inputs["ids"]
     with torch.no_grad():
         latents = [peers.clean_latent(pipe.vae, im) for im in inputs["images"]]
-    return peers.sample_mpd(peers.PlainPath(pipe.unet, start, ids, 1.0),
-                            peers.PlainPath(pipe.unet, end, ids, 1.0), _x0(sigmas, inputs),
+    return peers.sample_mpd(PlainPath(pipe.unet, start, ids, 1.0),
+                            PlainPath(pipe.unet, end, ids, 1.0), _x0(sigmas, inputs),
                             sigmas, start_latent=latents[0], end_latent=latents[1],
                             generator=torch.Generator().manual_seed(seed), **kw)
 
@@ -601,15 +544,14 @@ def test_same_seed_same_result_and_the_seed_matters(pipe, inputs):
 
 @pytest.mark.parametrize("method", ["trf", "vibid", "gi-sequential", "mpd"])
 def test_dispatch_from_the_pipeline_pieces(pipe, inputs, method):
-    """denoisers_for + sample_peer (what the pipeline calls) give the samplers above with the
-    releases' settings, and peer_predictions counts the wrapped denoiser calls."""
-    steps, start, end, ids = 5, inputs["start"], inputs["end"], inputs["ids"]
+    """The method's kind of runner (what the pipeline calls) gives the samplers above with the
+    releases' settings, and counts the wrapped denoiser calls it makes."""
+    steps = 5
     sigmas = _sigmas(pipe, steps)
-    parts = peers.denoisers_for(method, pipe.unet, start, end, ids, num_frames=FRAMES,
-                                min_guidance_scale=1.0, max_guidance_scale=3.0,
-                                plans=_plans(pipe, method))
+    record = methods.method(method)
+    settings = {**methods.BASE_SETTINGS, "num_frames": FRAMES, "num_inference_steps": steps}
     with torch.no_grad():
-        latents = [peers.clean_latent(pipe.vae, im) for im in inputs["images"]]
+        latents = tuple(peers.clean_latent(pipe.vae, im) for im in inputs["images"])
     calls = []
 
     def wrap(denoise):
@@ -618,10 +560,12 @@ def test_dispatch_from_the_pipeline_pieces(pipe, inputs, method):
             return denoise(x, s)
         return counted
 
-    got = peers.sample_peer(method, parts, _x0(sigmas, inputs), sigmas,
-                            generator=torch.Generator().manual_seed(0), start_latent=latents[0],
-                            end_latent=latents[1], wrap=wrap)
-    assert len(calls) == peers.peer_predictions(method, steps)
+    job = runners.Job(model=pipe.unet, method=record, settings=settings, start=inputs["start"],
+                      end=inputs["end"], ids=inputs["ids"], sigmas=sigmas,
+                      generator=torch.Generator().manual_seed(0), plans=_plans(pipe, method),
+                      clean_latents=latents)
+    got = runners.KINDS[record.kind].run(job)(wrap, _x0(sigmas, inputs))
+    assert len(calls) == runners.predictions_per_video(record, settings)
     if method == "trf":
         want = _trf_fast(pipe, inputs, steps)
     elif method == "mpd":
@@ -631,16 +575,20 @@ def test_dispatch_from_the_pipeline_pieces(pipe, inputs, method):
     assert torch.equal(got, want)
 
 
-def test_peer_method_names():
-    assert set(PEER_METHODS) <= set(SAMPLING)
-    assert all(is_dual(m) for m in PEER_METHODS)
-    layers = ["down_blocks.0.attentions.0.temporal_transformer_blocks.0.attn1",
-              "up_blocks.1.attentions.0.temporal_transformer_blocks.0.attn1"]
-    assert layer_plans("trf-avg", layers, None) == layer_plans("trf", layers, None)
-    assert layer_plans("vibid", layers, None) == layer_plans("trf", layers, None)
-    assert layer_plans("gi-sequential", layers, "rotation") == layer_plans("gi", layers,
-                                                                            "rotation")
+def test_peer_method_records(pipe):
+    """Each peer's record: its kind of sampler and its backward direction (and so its layer
+    plans: the base model's, or GI's fine-tuned backward model's for gi-sequential)."""
+    kinds = {m: methods.method(m).kind for m in ("trf", "trf-avg", "vibid", "gi-sequential", "mpd")}
+    assert kinds == {"trf": "trf", "trf-avg": "recurrence", "vibid": "sequential",
+                     "gi-sequential": "sequential", "mpd": "mpd"}
+    assert all(methods.is_dual(m) for m in kinds)
+    base = layer_plans("trf", pipe.unet, None)
+    assert not any(p.rotate or p.backward_weights for p in base.values())
+    for m in ("trf-avg", "vibid", "mpd"):
+        assert layer_plans(m, pipe.unet, None) == base
+    assert layer_plans("gi-sequential", pipe.unet, "rotation") == layer_plans("gi", pipe.unet,
+                                                                               "rotation")
     from inbetweening.utils import InbetweeningError
 
     with pytest.raises(InbetweeningError, match="needs backward weights"):
-        layer_plans("gi-sequential", layers, None)
+        layer_plans("gi-sequential", pipe.unet, None)

@@ -92,7 +92,8 @@ def test_forward_method_reproduces_diffusers_svd_pipeline(keyframes):
     from conftest import tiny_components
     from diffusers import StableVideoDiffusionPipeline
 
-    from inbetweening.pipeline import InbetweenPipeline, to_pil
+    from inbetweening.inputs import to_pil
+    from inbetweening.pipeline import InbetweenPipeline
 
     components = tiny_components()
     ours = InbetweenPipeline(**components)
@@ -230,26 +231,26 @@ def test_peer_methods_run_their_own_samplers(tiny_pipe, keyframes, method):
     """The pipeline's video of a peer method is its sampler (tested against each paper's
     algorithm in test_peers.py) over the pipeline's own conditioning, with every draw from the
     caller's generator, in the pipeline's order: keyframe noise, initial latent, sampler."""
-    from inbetweening import attention, backward, conditioning, peers
-    from inbetweening.methods import layer_plans
+    from inbetweening import backward, conditioning, methods, peers, runners
 
     got = _run(tiny_pipe, keyframes, seed=3, method=method, output_type="latent")
-    assert tiny_pipe.num_predictions == peers.peer_predictions(method, 4)
+    record = methods.method(method)
+    settings, _ = tiny_pipe.call_settings(method, **RUN)
+    assert tiny_pipe.num_predictions == runners.predictions_per_video(record, settings)
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         images, conds = tiny_pipe.keyframe_conditions(keyframes, 64, 64, "crop", 0.02, g, "cpu")
         ids = conditioning.added_time_ids(7, 127, 0.02, 1, dtype=torch.float32, device="cpu")
-        plans = layer_plans(method, list(attention.temporal_attention_layers(tiny_pipe.unet)),
-                            backward.loaded_variant(tiny_pipe.unet))
-        parts = peers.denoisers_for(method, tiny_pipe.unet, conds[0], conds[1], ids,
-                                    num_frames=6, min_guidance_scale=1.0, max_guidance_scale=3.0,
-                                    plans=plans)
-        latents = [peers.clean_latent(tiny_pipe.vae, im) for im in images]
+        plans = methods.layer_plans(method, tiny_pipe.unet,
+                                    backward.loaded_variant(tiny_pipe.unet))
+        latents = tuple(peers.clean_latent(tiny_pipe.vae, im) for im in images)
         tiny_pipe.scheduler.set_timesteps(4)
         sigmas = tiny_pipe.scheduler.sigmas.float()
         x = tiny_pipe.initial_latent((1, 6, 4, 8, 8), g, None, "cpu")
-        want = peers.sample_peer(method, parts, x, sigmas, generator=g, start_latent=latents[0],
-                                 end_latent=latents[1])
+        job = runners.Job(model=tiny_pipe.unet, method=record, settings=settings,
+                          start=conds[0], end=conds[1], ids=ids, sigmas=sigmas, generator=g,
+                          plans=plans, clean_latents=latents)
+        want = runners.KINDS[record.kind].run(job)(lambda d: d, x)
     assert torch.equal(got, want)
     other = _run(tiny_pipe, keyframes, seed=4, method=method, output_type="latent")
     assert (got - other).abs().max() > 1e-3  # the seed reaches every draw
@@ -271,3 +272,33 @@ def test_gi_sequential_without_backward_weights_is_refused(keyframes):
 def test_bad_sampler_arguments(tiny_pipe, keyframes, kw, message):
     with pytest.raises(InbetweeningError, match=message):
         tiny_pipe(*keyframes, **{**RUN, **kw})
+
+
+def test_gi_noft_rotates_the_forward_maps_in_the_up_blocks_only(tiny_pipe, keyframes):
+    """The paper's "w/o FT": the base model backwards, attending with the forward maps rotated by
+    180 degrees in the decoder's (up) blocks and with its own maps elsewhere. One prediction of
+    the pipeline's denoiser against the literal two-copy version (tests/oracles.py) with explicit
+    maps injected in the up blocks only."""
+    from oracles import clean_estimate, rotating_copies
+
+    from inbetweening import conditioning, methods
+    from inbetweening.denoisers import InbetweenDenoiser, fuse_weights
+
+    plans = methods.layer_plans("gi-noft", tiny_pipe.unet, None)
+    rotated = sorted(n for n, p in plans.items() if p.rotate)
+    assert rotated and rotated == sorted(n for n in plans if n.startswith("up_blocks."))
+    assert not any(p.backward_weights for p in plans.values())
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        _, (start, end) = tiny_pipe.keyframe_conditions(keyframes, 64, 64, "crop", 0.02, g, "cpu")
+        ids = conditioning.added_time_ids(7, 127, 0.02, 1)
+        x, sigma = torch.randn(1, 6, 4, 8, 8, generator=g) * 3, torch.tensor(3.0)
+        got = InbetweenDenoiser(tiny_pipe.unet, start, end, ids, None,
+                                fuse_weights(6, "average"), plans)(x, sigma)
+        base = {n: w for n, w in tiny_pipe.unet.named_parameters()
+                if n.endswith(("attn1.to_v.weight", "attn1.to_out.0.weight"))}
+        fwd, bwd, _ = rotating_copies(tiny_pipe.unet, base,
+                                      only=lambda name: name.startswith("up_blocks."))
+        d_fwd = clean_estimate(fwd, x, sigma, start.embedding, start.latent, ids)
+        d_bwd = clean_estimate(bwd, x.flip(1), sigma, end.embedding, end.latent, ids)
+    torch.testing.assert_close(got, 0.5 * d_fwd + 0.5 * d_bwd.flip(1), rtol=1e-4, atol=1e-5)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from inbetweening.sampling import count_predictions, fuse_weights, guidance_per_frame, sample_euler
+from inbetweening.denoisers import fuse_weights, guidance_per_frame
+from inbetweening.sampling import count_predictions, sample_euler
 
 
 def _karras(n, smax=80.0, smin=0.002, rho=7.0):

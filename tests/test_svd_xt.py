@@ -43,7 +43,7 @@ def test_svd_xt_architecture_is_controlled(svd_xt):
     unet = svd_xt.unet
     assert unet.config.num_frames == 25 and unet.config.cross_attention_dim == 1024
     assert 1.50e9 < sum(p.numel() for p in unet.parameters()) < 1.55e9
-    layers = attention.temporal_attention_layers(unet)
+    layers = attention.controlled_layers(unet)
     assert len(layers) == 16 and len(attention.installed(unet)) == 16
     assert sorted(layers) == sorted(attention.installed(unet))
     assert svd_xt.default_size() == (1024, 576)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_components
+from oracles import clean_estimate, rotating_copies
 
 from inbetweening import attention, backward, cli, conditioning, media, training
 from inbetweening.data import ClipDataset
@@ -64,7 +65,7 @@ def perturbed_weights(unet, variant: str) -> dict[str, torch.nn.Parameter]:
 
 
 def gradients(unet, weights, variant, dual_pass, batch) -> list[torch.Tensor]:
-    plans = layer_plans("gi", list(attention.temporal_attention_layers(unet)), variant)
+    plans = layer_plans("gi", unet, variant)
     ids = conditioning.added_time_ids(7, 127, 0.02, 1)
     objective = training.BackwardObjective(unet, weights, plans, ids, dual_pass)
     for p in weights.values():
@@ -89,21 +90,52 @@ def _log(run: Path) -> list[dict[str, str]]:
 
 # -- the training step ---------------------------------------------------------------------------
 
-def test_split_and_fused_gradients_equal_the_reference():
-    """The default step (split) and the sampler's fused call give the gradients of the paper's
-    literal two-call step with explicit rotated maps; and those depend on the forward branch."""
+def alg1_oracle(unet, weights, batch):
+    """One step of the paper's Alg. 1, written out (tests/oracles.py): two copies of the UNet.
+    The forward copy (base weights) denoises the noisy clip conditioned on its FIRST frame and
+    records every temporal self-attention map; the backward copy, whose to_v / to_out.0 are the
+    trainable backward weights, denoises the same noisy clip reversed in time, conditioned on the
+    LAST frame, each temporal layer using the recorded map rotated by 180 degrees. The loss is
+    the EDM-weighted squared error of its clean estimate against the reversed clip. Returns (loss,
+    the gradients of the backward weights)."""
+    fwd, bwd, _ = rotating_copies(unet, {n: w.detach().clone() for n, w in weights.items()})
+    bwd.requires_grad_(False)
+    params = dict(bwd.named_parameters())
+    for n in weights:
+        params[n].requires_grad_(True)
+    z, sigma = batch["z"], batch["sigma"]
+    noisy = z + sigma.view(-1, 1, 1, 1, 1) * batch["noise"]
+    ids = torch.tensor([[7 - 1, 127, 0.02]])
+    with torch.no_grad():
+        clean_estimate(fwd, noisy, sigma, batch["emb_first"], batch["lat_first"], ids)
+    d = clean_estimate(bwd, noisy.flip(1), sigma, batch["emb_last"], batch["lat_last"], ids)
+    per_sample = ((d - z.flip(1)) ** 2).mean(dim=(1, 2, 3, 4)) * (1 + sigma**2) / sigma**2
+    loss = per_sample.mean()
+    loss.backward()
+    return loss.detach(), [params[n].grad.clone() for n in weights]
+
+
+def test_every_training_pass_follows_alg1_literally():
+    """The default step (split), the sampler's fused call and the two-call reference give the
+    loss and gradients of Alg. 1 written out with two UNet copies and explicit rotated maps; and
+    those depend on the forward branch."""
     unet = fresh_pipe().unet
     weights = perturbed_weights(unet, "rotation")
     batch = random_batch()
-    ref = gradients(unet, weights, "rotation", "reference", batch)
-    for dual_pass in ("split", "fused"):
-        assert_close_rel(gradients(unet, weights, "rotation", dual_pass, batch), ref)
+    want_loss, want = alg1_oracle(unet, weights, batch)
+    plans = layer_plans("gi", unet, "rotation")
+    ids = conditioning.added_time_ids(7, 127, 0.02, 1)
+    for dual_pass in ("split", "fused", "reference"):
+        objective = training.BackwardObjective(unet, weights, plans, ids, dual_pass)
+        loss, _ = objective(batch)
+        torch.testing.assert_close(loss.detach(), want_loss, rtol=1e-5, atol=0)
+        assert_close_rel(gradients(unet, weights, "rotation", dual_pass, batch), want)
     # The backward branch reads the forward branch's maps: other first-frame conditioning,
     # other gradients.
     other = dict(batch, emb_first=batch["emb_first"] + 1.0)
     changed = gradients(unet, weights, "rotation", "split", other)
-    assert max((a - b).abs().max() for a, b in zip(changed, ref)) > 1e-3 * max(
-        b.abs().max() for b in ref)
+    assert max((a - b).abs().max() for a, b in zip(changed, want)) > 1e-3 * max(
+        b.abs().max() for b in want)
 
 
 def test_no_rotation_variant_trains_qkvo_and_uses_no_maps():
@@ -120,14 +152,15 @@ def test_no_rotation_variant_trains_qkvo_and_uses_no_maps():
         p.grad = None
     s = batch["sigma"].view(-1, 1, 1, 1, 1)
     noisy_b, target = (batch["z"] + s * batch["noise"]).flip(1), batch["z"].flip(1)
-    inp, t = training.unet_input(noisy_b, batch["sigma"], batch["lat_last"])
-    ids = conditioning.added_time_ids(7, 127, 0.02, 2)
+
+    def substituted(*args, **kwargs):  # the UNet with the backward weights swapped in
+        return torch.func.functional_call(unet, dict(weights), args, kwargs)
+
     with attention.phase(unet, "plain"):
-        v = torch.func.functional_call(unet, dict(weights), (inp, t, batch["emb_last"], ids),
-                                       {"return_dict": False})[0]
-    _, c_skip, c_out, _ = conditioning.edm_scalings(s)
-    per = ((c_skip * noisy_b + c_out * v - target) ** 2).mean(dim=(1, 2, 3, 4))
-    (per * conditioning.loss_weight(batch["sigma"])).mean().backward()
+        d = clean_estimate(substituted, noisy_b, batch["sigma"], batch["emb_last"],
+                           batch["lat_last"], torch.tensor([[6, 127, 0.02]]))
+    per = ((d - target) ** 2).mean(dim=(1, 2, 3, 4))
+    (per * (1 + batch["sigma"] ** 2) / batch["sigma"] ** 2).mean().backward()
     want = [p.grad.clone() for p in weights.values()]
     assert_close_rel(got, want)
     assert_close_rel(gradients(unet, weights, "no-rotation", "fused", batch), want)
@@ -256,7 +289,7 @@ def test_an_svd_model_trains_at_1024x576_by_default(clips_dir):
 def test_the_toy_backward_stage_trains_as_the_bundled_model_was(tmp_path, monkeypatch):
     """Latent conditioning augmentation, fixed windows with cached mode latents: what the bundled
     toy model's backward weights were trained with, whatever inbetween train's defaults."""
-    from inbetweening.commands import toy_train
+    from inbetweening.toy import training as toy_train
     from inbetweening.toy.world import WORLDS
 
     seen = []
@@ -315,8 +348,7 @@ def test_loss_falls_when_overfitting_two_clips(clips_dir, tmp_path):
         """The loss on the same clips at noise the run never draws (micro-steps 10000+)."""
         ds = ClipDataset(data, FRAMES, (64, 64), 1)
         batches = training.Batches(cfg, ds, pipe, 0, 1)
-        plans = layer_plans("gi", list(attention.temporal_attention_layers(pipe.unet)),
-                            "rotation")
+        plans = layer_plans("gi", pipe.unet, "rotation")
         objective = training.BackwardObjective(
             pipe.unet, backward.backward_parameters(pipe.unet), plans,
             conditioning.added_time_ids(7, 127, 0.02, 1))

@@ -105,10 +105,8 @@ def pixel_frame_limit(pipe) -> tuple[int, str]:
     memory over those bytes per pixel x frame; on the CPU (whose memory is shared and where time
     also grows with the work) a fixed CPU_WORK_FACTOR times the model's usual work (its default
     width x height x frames). The model's usual work is always allowed."""
-    d = pipe.defaults
-    width, height = pipe.default_size()
-    width, height = d.get("width", width), d.get("height", height)
-    frames = int(d.get("num_frames", pipe.unet.config.num_frames))
+    s, _ = pipe.call_settings()
+    width, height, frames = s["width"], s["height"], int(s["num_frames"])
     usual = width * height * frames
     if pipe.device.type != "cuda":
         return CPU_WORK_FACTOR * usual, (f"the CPU ({CPU_WORK_FACTOR}x the model's usual "
@@ -146,20 +144,12 @@ class InbetweenApp:
 
     # -- defaults shown on the page ----------------------------------------------------------
     def defaults(self) -> dict:
-        """Method, frames, steps, size and fps the page starts with: the model's recommendation
-        where it has one (``pipe.defaults``), else the pipeline's own defaults."""
-        import inspect
-
-        call = inspect.signature(type(self.pipe).__call__).parameters
-        d = self.pipe.defaults
-        width, height = self.pipe.default_size()
-        return dict(
-            method=d.get("method", call["method"].default),
-            frames=int(d.get("num_frames", self.pipe.unet.config.num_frames)),
-            steps=int(d.get("num_inference_steps", call["num_inference_steps"].default)),
-            size=f"{d.get('width', width)}x{d.get('height', height)}",
-            fps=int(d.get("fps", call["fps"].default)),
-        )
+        """Method, frames, steps, size and fps the page starts with: what a call of the
+        pipeline with nothing set runs with (:meth:`InbetweenPipeline.call_settings`)."""
+        s, _ = self.pipe.call_settings()
+        return dict(method=s["method"], frames=int(s["num_frames"]),
+                    steps=int(s["num_inference_steps"]), size=f"{s['width']}x{s['height']}",
+                    fps=int(s["fps"]))
 
     def max_frames(self) -> int:
         return 2 * int(self.pipe.unet.config.num_frames)
@@ -215,16 +205,15 @@ class InbetweenApp:
                                   steps=_as_int(steps, "steps"),
                                   size=parse_size((size or "").strip() or None),
                                   fps=_as_int(fps, "fps")).check()
-        return options.call_kwargs(self.pipe.defaults)
+        return options.call_kwargs()
 
-    def check_work(self, kw: dict) -> None:
+    def check_work(self, settings: dict) -> None:
         """Refuse, with the reason, a segment larger than :func:`pixel_frame_limit` (after the
-        pipeline's own checks of the size and frame count)."""
-        width, height = self.pipe.default_size()
-        width, height = kw.get("width", width), kw.get("height", height)
-        frames = kw.get("num_frames") or self.pipe.unet.config.num_frames
-        self.pipe.check_inputs(height, width, frames, kw["method"],
-                               kw.get("num_inference_steps") or 1)
+        pipeline's own checks of the size and frame count). ``settings``: the call's resolved
+        settings (:meth:`InbetweenPipeline.call_settings`)."""
+        width, height, frames = settings["width"], settings["height"], settings["num_frames"]
+        self.pipe.check_inputs(height, width, frames, settings["method"],
+                               settings["num_inference_steps"])
         limit, basis = pixel_frame_limit(self.pipe)
         if width * height * frames > limit:
             raise InbetweeningError(
@@ -237,8 +226,8 @@ class InbetweenApp:
         """Make the video through the uploaded keyframes. Returns (mp4 to play, files to
         download, message); on bad input (None, None, the reason)."""
         from . import media
+        from .inputs import check_aspects
         from .keyframes import layout
-        from .pipeline import check_aspects
 
         # (not `progress or ...`: a gr.Progress has a length, 0 until it tracks an iterable)
         report = progress if progress is not None else (lambda *a, **k: None)
@@ -250,16 +239,17 @@ class InbetweenApp:
             images = [check_upload(p, self.limits) for p in paths]
             check_aspects(images)
             kw = self.sampling_kwargs(method, frames, steps, size, fps, recipe)
-            self.check_work(kw)
+            settings, _ = self.pipe.call_settings(image=images[0], **kw)
+            self.check_work(settings)
             seed = _seed(seed)
             closed = layout(images, loop).closed
             with self._lock:
-                video = self._run(images, loop, seed, kw, report)
+                video = self._run(images, loop, seed, kw, settings["num_inference_steps"], report)
             if side_by_side:
                 video = media.side_by_side(video, images)
             report(1.0, desc="writing mp4, gif and PNG frames")
             out = self._result_dir()
-            written = [str(media.write_video(video, out / name, fps=kw["fps"]))
+            written = [str(media.write_video(video, out / name, fps=settings["fps"]))
                        for name in OUTPUT_NAMES]
         except InbetweeningError as e:
             return None, None, f"**Error:** {e}"
@@ -268,15 +258,14 @@ class InbetweenApp:
             return None, None, f"**Error:** something went wrong ({type(e).__name__}: {e})"
         h, w = video.shape[1:3]
         loop_note = ", a seamless loop" if closed else ""
-        return written[0], written, (f"**Done:** {len(video)} frames, {w}x{h}, {kw['fps']} fps, "
+        return written[0], written, (f"**Done:** {len(video)} frames, {w}x{h}, {settings['fps']} fps, "
                                      f"seed {seed}{loop_note} ({time.time() - t0:.1f} s).")
 
-    def _run(self, images, loop, seed, kw, report):
+    def _run(self, images, loop, seed, kw, steps, report):
         import torch
 
         from .keyframes import inbetween_sequence
 
-        steps = kw.get("num_inference_steps")
         segment = {"index": 0, "count": 1}
 
         def on_segment(i: int, n: int) -> None:
@@ -310,17 +299,9 @@ class InbetweenApp:
         offline_gradio()
         import gradio as gr
 
-        from .methods import METHODS
+        from .methods import METHOD_RECORDS
 
         d = self.defaults()
-        method_labels = {"gi": "gi: generative inbetweening (the paper)",
-                         "gi-noft": "gi-noft: rotated attention, no fine-tuning",
-                         "trf": "trf: time-reversal fusion (as its release)",
-                         "forward": "forward: plain image-to-video from the first keyframe",
-                         "trf-avg": "trf-avg: time-reversal fusion with GI's sampler",
-                         "vibid": "vibid: ViBiDSampler (sequential, no fine-tuning)",
-                         "gi-sequential": "gi-sequential: ViBiD's schedule, GI's backward model",
-                         "mpd": "mpd: motion prior distillation (on ViBiD)"}
         with gr.Blocks(title="Inbetweening", delete_cache=(600, 3600),
                        analytics_enabled=False) as page:
             gr.Markdown("# Inbetweening\nThe video between your keyframes, by dual-directional "
@@ -337,7 +318,8 @@ class InbetweenApp:
                     notice = gr.Markdown("", elem_id="notice")
                     status = gr.Markdown(self.count_message([]), elem_id="status")
                     with gr.Row():
-                        method = gr.Dropdown([(method_labels.get(m, m), m) for m in METHODS],
+                        method = gr.Dropdown([(f"{m.name}: {m.label}", m.name)
+                                              for m in METHOD_RECORDS.values()],
                                              value=d["method"], label="Method", elem_id="method")
                         size = gr.Textbox(d["size"], label="Size (WxH, multiples of 64)",
                                           elem_id="size")
@@ -377,7 +359,8 @@ class InbetweenApp:
                 return self.generate(files, method, frames, steps, seed, size, fps, loop, side,
                                      recipe, progress=progress)
 
-            recipe.change(lambda r: RECIPES[r]["steps"] if r else d["steps"], recipe, steps)
+            recipe.change(lambda r: RECIPES[r]["num_inference_steps"] if r else d["steps"], recipe,
+                          steps)
             run.click(generate, [keyframes, method, frames, steps, seed, size, fps, loop, side,
                                  recipe], [video, downloads, message], concurrency_limit=1)
         return page

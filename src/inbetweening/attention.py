@@ -1,13 +1,15 @@
 """Control of the temporal self-attention layers: where the paper's method lives.
 
-Every temporal self-attention layer (``...temporal_transformer_blocks.0.attn1``; 16 in SVD-XT) gets
-a :class:`TemporalAttentionProcessor`. A processor knows its layer's *plan* for the backward
+Every attention layer that carries the motion (the backbone's, :mod:`inbetweening.backbones`: in
+SVD the temporal self-attention layers, ``...temporal_transformer_blocks.0.attn1``, 16 in SVD-XT)
+gets a :class:`TemporalAttentionProcessor`. A processor knows its layer's *plan* for the backward
 direction (use the forward maps rotated by 180 degrees or not; use the backward weights or the
 base ones) and runs in one of these *phases*:
 
 ``plain``   ordinary attention (the base model, e.g. the ``forward`` method);
-``fused``   one UNet call for both directions: the batch is forward rows then backward rows, and
-            the backward rows attend with ``sdpa(Q_fwd.flip(frames), K_fwd.flip(frames), V_bwd)``,
+``fused``   one model call for both directions: the batch is forward rows then backward rows, and
+            the backward rows attend with ``sdpa(Q_fwd.flip(frames), K_fwd.flip(frames), V_bwd)``
+            (the backbone says how time is reversed in a layer's queries and keys),
             which equals the forward softmax map rotated by 180 degrees applied to ``V_bwd``
             (``softmax(QK^T).flip(-2, -1) == softmax(Q' K'^T)`` with Q', K' flipped in time), so no
             map is ever materialised;
@@ -28,9 +30,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import backbones
 from .utils import InbetweeningError
 
-TEMPORAL_SELF_ATTENTION = "temporal_transformer_blocks.0.attn1"
 PHASES = ("plain", "fused", "record", "inject", "record_qk", "inject_qk")
 # Names of the projections a backward-weights file may hold, relative to the layer.
 ROTATION_TENSORS = ("to_v.weight", "to_out.0.weight")
@@ -51,15 +53,12 @@ def unwrap(unet):
     return getattr(unet, "_orig_mod", unet)
 
 
-def temporal_attention_layers(unet) -> dict[str, torch.nn.Module]:
-    """The temporal self-attention modules of an SVD UNet, by module name (as in the unwrapped
-    UNet, see :func:`unwrap`), in model order."""
-    return {name: m for name, m in unwrap(unet).named_modules()
-            if name.endswith(TEMPORAL_SELF_ATTENTION)}
-
-
-def is_up_block(layer_name: str) -> bool:
-    return layer_name.startswith("up_blocks.")
+def controlled_layers(model) -> dict[str, torch.nn.Module]:
+    """The attention modules of ``model`` whose backward direction is controlled (its backbone's,
+    see :mod:`inbetweening.backbones`), by module name (as in the unwrapped model, see
+    :func:`unwrap`), in model order."""
+    inner = unwrap(model)
+    return backbones.for_model(inner).attention_layers(inner)
 
 
 def _heads(t: torch.Tensor, heads: int) -> torch.Tensor:
@@ -80,8 +79,9 @@ class TemporalAttentionProcessor:
     ``"to_q.weight"``, ``"to_k.weight"``); anything absent falls back to the base weights.
     """
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, flip_frames=backbones.SVD.flip_frames):
         self.name = name
+        self.flip_frames = flip_frames  # (t, dim) -> t with time reversed along token axis dim
         self.phase = "plain"
         self.plan = LayerPlan(rotate=False, backward_weights=False)
         self.weights: dict[str, torch.Tensor] = {}
@@ -90,9 +90,10 @@ class TemporalAttentionProcessor:
 
     # -- projections -------------------------------------------------------------------------
     def _base(self, attn) -> dict[str, torch.Tensor | None]:
-        return {"to_q.weight": attn.to_q.weight, "to_k.weight": attn.to_k.weight,
-                "to_v.weight": attn.to_v.weight, "to_out.0.weight": attn.to_out[0].weight,
-                "to_out.0.bias": attn.to_out[0].bias}
+        layers = {"to_q": attn.to_q, "to_k": attn.to_k, "to_v": attn.to_v,
+                  "to_out.0": attn.to_out[0]}
+        return {f"{name}.{part}": getattr(layer, part) for name, layer in layers.items()
+                for part in ("weight", "bias")}
 
     def _backward(self, attn, like: torch.Tensor) -> dict[str, torch.Tensor | None]:
         w = self._base(attn)
@@ -106,8 +107,10 @@ class TemporalAttentionProcessor:
         return w
 
     @staticmethod
-    def _lin(x, w, b=None):
-        return F.linear(x, w.to(x.dtype), None if b is None else b.to(x.dtype))
+    def _proj(x, w: dict, name: str):
+        """x through the projection ``name`` (to_q, to_k, to_v, to_out.0) of the weights ``w``."""
+        b = w[f"{name}.bias"]
+        return F.linear(x, w[f"{name}.weight"].to(x.dtype), None if b is None else b.to(x.dtype))
 
     # -- the four phases ---------------------------------------------------------------------
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
@@ -128,14 +131,14 @@ class TemporalAttentionProcessor:
         raise ValueError(f"unknown phase {self.phase!r}")
 
     def _attend(self, attn, x, w):
-        q, k, v = (self._lin(x, w[n]) for n in ("to_q.weight", "to_k.weight", "to_v.weight"))
+        q, k, v = (self._proj(x, w, n) for n in ("to_q", "to_k", "to_v"))
         return self._sdpa(attn, q, k, v, w)
 
     def _sdpa(self, attn, q, k, v, w):
         h = attn.heads
         o = F.scaled_dot_product_attention(_heads(q, h), _heads(k, h), _heads(v, h),
                                            scale=attn.scale)
-        return self._lin(_merge(o), w["to_out.0.weight"], w["to_out.0.bias"])
+        return self._proj(_merge(o), w, "to_out.0")
 
     def _fused(self, attn, x):
         rows = x.shape[0]
@@ -144,23 +147,22 @@ class TemporalAttentionProcessor:
         m = rows // 2
         xf, xb = x[:m], x[m:]
         base, bwd = self._base(attn), self._backward(attn, x)
-        qf, kf, vf = (self._lin(xf, base[n]) for n in ("to_q.weight", "to_k.weight",
-                                                         "to_v.weight"))
+        qf, kf, vf = (self._proj(xf, base, n) for n in ("to_q", "to_k", "to_v"))
         if self.plan.rotate:
             # The rotated map of the forward rows, without materialising it. Detached: the
             # backward direction reads the forward model's attention, it does not train it.
-            qb, kb = qf.detach().flip(1), kf.detach().flip(1)
+            qb, kb = self.flip_frames(qf.detach()), self.flip_frames(kf.detach())
         else:
-            qb, kb = self._lin(xb, bwd["to_q.weight"]), self._lin(xb, bwd["to_k.weight"])
-        vb = self._lin(xb, bwd["to_v.weight"])
+            qb, kb = self._proj(xb, bwd, "to_q"), self._proj(xb, bwd, "to_k")
+        vb = self._proj(xb, bwd, "to_v")
         h = attn.heads
         o = F.scaled_dot_product_attention(
             _heads(torch.cat([qf, qb]), h), _heads(torch.cat([kf, kb]), h),
             _heads(torch.cat([vf, vb]), h), scale=attn.scale)
         o = _merge(o)
         return torch.cat([
-            self._lin(o[:m], base["to_out.0.weight"], base["to_out.0.bias"]),
-            self._lin(o[m:], bwd["to_out.0.weight"], bwd["to_out.0.bias"]),
+            self._proj(o[:m], base, "to_out.0"),
+            self._proj(o[m:], bwd, "to_out.0"),
         ])
 
     @staticmethod
@@ -171,13 +173,13 @@ class TemporalAttentionProcessor:
 
     def _apply_map(self, attn, a, v, w):
         o = _merge(a @ _heads(v, attn.heads))
-        return self._lin(o, w["to_out.0.weight"], w["to_out.0.bias"])
+        return self._proj(o, w, "to_out.0")
 
     def _record(self, attn, x):
         w = self._base(attn)
-        a = self._softmax_map(attn, self._lin(x, w["to_q.weight"]), self._lin(x, w["to_k.weight"]))
+        a = self._softmax_map(attn, self._proj(x, w, "to_q"), self._proj(x, w, "to_k"))
         self.maps = a.detach() if self.plan.rotate else None
-        return self._apply_map(attn, a, self._lin(x, w["to_v.weight"]), w)
+        return self._apply_map(attn, a, self._proj(x, w, "to_v"), w)
 
     def _inject(self, attn, x):
         w = self._backward(attn, x)
@@ -185,17 +187,18 @@ class TemporalAttentionProcessor:
             if self.maps is None or self.maps.shape[0] != x.shape[0]:
                 raise RuntimeError(f"{self.name}: no recorded maps for these rows; run the "
                                    "forward call in the 'record' phase first")
-            a = self.maps.flip(-2, -1)  # rotate by 180 degrees
+            a = self.flip_frames(self.flip_frames(self.maps, -2), -1)  # rotate by 180 degrees
         else:
-            a = self._softmax_map(attn, self._lin(x, w["to_q.weight"]),
-                                  self._lin(x, w["to_k.weight"]))
-        return self._apply_map(attn, a, self._lin(x, w["to_v.weight"]), w)
+            a = self._softmax_map(attn, self._proj(x, w, "to_q"),
+                                  self._proj(x, w, "to_k"))
+        return self._apply_map(attn, a, self._proj(x, w, "to_v"), w)
 
     def _record_qk(self, attn, x):
         w = self._base(attn)
-        q, k = self._lin(x, w["to_q.weight"]), self._lin(x, w["to_k.weight"])
-        self.qk = (q.detach().flip(1), k.detach().flip(1)) if self.plan.rotate else None
-        return self._sdpa(attn, q, k, self._lin(x, w["to_v.weight"]), w)
+        q, k = self._proj(x, w, "to_q"), self._proj(x, w, "to_k")
+        self.qk = ((self.flip_frames(q.detach()), self.flip_frames(k.detach()))
+                   if self.plan.rotate else None)
+        return self._sdpa(attn, q, k, self._proj(x, w, "to_v"), w)
 
     def _inject_qk(self, attn, x):
         w = self._backward(attn, x)
@@ -205,39 +208,31 @@ class TemporalAttentionProcessor:
                                    "forward call in the 'record_qk' phase first")
             q, k = self.qk
         else:
-            q, k = self._lin(x, w["to_q.weight"]), self._lin(x, w["to_k.weight"])
-        return self._sdpa(attn, q, k, self._lin(x, w["to_v.weight"]), w)
+            q, k = self._proj(x, w, "to_q"), self._proj(x, w, "to_k")
+        return self._sdpa(attn, q, k, self._proj(x, w, "to_v"), w)
 
 
-def _check_layer(name: str, attn) -> None:
-    ok = (getattr(attn, "spatial_norm", None) is None and getattr(attn, "group_norm", None) is None
-          and not getattr(attn, "residual_connection", False)
-          and getattr(attn, "rescale_output_factor", 1.0) == 1.0
-          and getattr(attn, "norm_q", None) is None and getattr(attn, "norm_k", None) is None
-          and not getattr(attn, "is_cross_attention", False))
-    if not ok:
-        raise InbetweeningError(f"{name} is not an SVD-style temporal self-attention layer")
-
-
-def install(unet) -> dict[str, TemporalAttentionProcessor]:
-    """Give every temporal self-attention layer a :class:`TemporalAttentionProcessor` (once) and
-    return them by layer name. Other processors are left as they are. A compiled UNet
-    (``torch.compile``) is controlled through the module it wraps."""
-    unet = unwrap(unet)
-    layers = temporal_attention_layers(unet)
+def install(model) -> dict[str, TemporalAttentionProcessor]:
+    """Give every controlled attention layer (:func:`controlled_layers`) a
+    :class:`TemporalAttentionProcessor` (once) and return them by layer name. Other processors
+    are left as they are. A compiled model (``torch.compile``) is controlled through the module it
+    wraps."""
+    model = unwrap(model)
+    backbone = backbones.for_model(model)
+    layers = backbone.attention_layers(model)
     if not layers:
-        raise InbetweeningError("this UNet has no temporal self-attention layers "
-                                f"(*.{TEMPORAL_SELF_ATTENTION}); is it an SVD UNet?")
-    current = dict(unet.attn_processors)
+        raise InbetweeningError(f"this model has no attention layers of a {backbone.name} "
+                                "backbone (is it an SVD UNet?)")
+    current = dict(model.attn_processors)
     procs = {}
     for name, attn in layers.items():
         proc = current[f"{name}.processor"]
         if not isinstance(proc, TemporalAttentionProcessor):
-            _check_layer(name, attn)
-            proc = TemporalAttentionProcessor(name)
+            backbone.check_layer(name, attn)
+            proc = TemporalAttentionProcessor(name, backbone.flip_frames)
             current[f"{name}.processor"] = proc
         procs[name] = proc
-    unet.set_attn_processor(dict(current))  # set_attn_processor pops from the dict it gets
+    model.set_attn_processor(dict(current))  # set_attn_processor pops from the dict it gets
     return procs
 
 

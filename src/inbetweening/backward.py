@@ -18,12 +18,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .attention import NO_ROTATION_TENSORS, ROTATION_TENSORS, install, installed
-from .attention import temporal_attention_layers, unwrap
+from .attention import controlled_layers, unwrap
+from .locate import WEIGHTS_FILENAME  # noqa: F401 (the file name, with the torch-free lookups)
 from .utils import InbetweeningError, atomic_path, check_target
 
 FORMAT = "inbetweening-backward-weights"
-# The backward weights `inbetween train` writes, and those a model folder carries (pipeline).
-WEIGHTS_FILENAME = "backward.safetensors"
 VARIANTS = {"rotation": ROTATION_TENSORS, "no-rotation": NO_ROTATION_TENSORS}
 
 
@@ -36,7 +35,7 @@ def _check_variant(variant: str) -> tuple[str, ...]:
 def backward_parameter_names(unet, variant: str = "rotation") -> list[str]:
     """Names (in the UNet's state dict) of the tensors a backward model of ``variant`` trains."""
     rel = _check_variant(variant)
-    return [f"{layer}.{r}" for layer in temporal_attention_layers(unet) for r in rel]
+    return [f"{layer}.{r}" for layer in controlled_layers(unet) for r in rel]
 
 
 def loaded_variant(unet) -> str | None:

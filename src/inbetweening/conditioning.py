@@ -2,15 +2,26 @@
 
 One place for what sampling, fine-tuning and the toy models' training all share: the CLIP image
 embedding, the noise-augmented VAE latent of the conditioning frame, the added time ids, and
-the v-prediction preconditioning of the Euler scheduler SVD ships with.
+the v-prediction preconditioning of the Euler scheduler SVD ships with. The model call that puts
+them together is the backbone's (:mod:`inbetweening.backbones`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import (
     _resize_with_antialiasing,
 )
+
+@dataclass
+class KeyframeCondition:
+    """What the model is conditioned on for one keyframe."""
+
+    embedding: torch.Tensor  # (1, 1, D) CLIP image embedding
+    latent: torch.Tensor  # (1, C, h, w) VAE latent of the noise-augmented image (unscaled)
+
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -64,14 +75,6 @@ def edm_scalings(sigma: torch.Tensor):
     return c_in, c_skip, c_out, c_noise
 
 
-def unet_input(x: torch.Tensor, c_in, cond_latent: torch.Tensor) -> torch.Tensor:
-    """The UNet's input: ``c_in * x`` with the conditioning latent repeated over the frames on
-    the channels. x: (N, F, C, h, w); c_in: broadcasts against x (each caller computes it from
-    its own sigma with :func:`edm_scalings`); cond_latent: (N, C, h, w) -> (N, F, 2C, h, w)."""
-    f = x.shape[1]
-    return torch.cat([c_in * x, cond_latent.unsqueeze(1).expand(-1, f, -1, -1, -1)], dim=2)
-
-
 def loss_weight(sigma: torch.Tensor) -> torch.Tensor:
     """EDM loss weight for unit-variance data: (1 + sigma^2) / sigma^2."""
     return (1.0 + sigma**2) / sigma**2
@@ -94,6 +97,6 @@ def log_sigma_bucket(sigma: float) -> str:
 
 
 __all__ = [
-    "clip_embedding", "image_latent", "added_time_ids", "edm_scalings", "unet_input", "loss_weight",
-    "sample_sigmas", "log_sigma_bucket",
+    "KeyframeCondition", "clip_embedding", "image_latent", "added_time_ids", "edm_scalings",
+    "loss_weight", "sample_sigmas", "log_sigma_bucket",
 ]

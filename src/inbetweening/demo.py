@@ -94,7 +94,7 @@ def run_demo(pipe, out: Path, *, pairs: int = 3, seed: int = 0, overwrite: bool 
     if pairs < 1:
         raise InbetweeningError("--pairs must be at least 1")
     clips = demo_clips(pairs)
-    kw = {**pipe.defaults, **(call_kwargs or {})}
+    kw = dict(call_kwargs or {})  # (the pipeline adds the model's and the methods' settings)
     frames = clips[0].video.shape[1]
     size = clips[0].video.shape[-1]
     kw.update(num_frames=frames, height=size, width=size, output_type="pt")

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import torch
 
+from .inputs import same_image
 from .utils import InbetweeningError
 
 
@@ -36,15 +36,6 @@ def join_segments(segments: list[np.ndarray], loop: bool) -> np.ndarray:
     parts = [segments[0]] + [s[1:] for s in segments[1:]]
     video = np.concatenate(parts)
     return video[:-1] if loop else video
-
-
-def same_image(a, b) -> bool:
-    """Whether two keyframes have the same pixels (then a sequence from one to the other is a
-    loop)."""
-    from .pipeline import to_pil
-
-    a, b = np.asarray(to_pil(a)), np.asarray(to_pil(b))
-    return a.shape == b.shape and bool((a == b).all())
 
 
 @dataclass(frozen=True)
@@ -77,7 +68,7 @@ def layout(keyframes: list, loop: bool = False) -> Layout:
 
 
 def inbetween_sequence(pipe, keyframes: list, *, loop: bool = False,
-                       generator: torch.Generator | None = None,
+                       generator=None,
                        on_segment: Callable[[int, int], None] | None = None,
                        **kwargs) -> np.ndarray:
     """One video through all ``keyframes`` (PIL images, arrays or tensors), as an

@@ -18,6 +18,8 @@ AMBIGUOUS_MODEL = _TOY / "ambiguous"
 # What ``--model NAME`` may name besides a folder or a hub id.
 NAMED_MODELS = {"toy": BUNDLED_MODEL, "toy-ambiguous": AMBIGUOUS_MODEL}
 SVD_COMPONENTS = ("vae", "image_encoder", "unet", "scheduler", "feature_extractor")
+# The backward weights `inbetween train` writes, and those a model folder carries.
+WEIGHTS_FILENAME = "backward.safetensors"
 
 
 def bundled_model() -> Path | None:
@@ -81,3 +83,27 @@ def model_inputs(model: str | os.PathLike | None = None,
     if backward not in (None, "") and Path(backward).exists():
         found.append(Path(backward))
     return found
+
+
+def resolve_backward(spec: str | os.PathLike) -> Path:
+    """A backward-weights file: a local file, else from the model hub (through huggingface_hub,
+    its cache and its ``HF_HUB_OFFLINE``) ``owner/name`` (that repository's
+    ``backward.safetensors``) or ``owner/name/path/in/the/repo.safetensors``."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    text = str(spec)
+    parts = text.split("/")
+    hub_like = (len(parts) >= 2 and all(parts) and not text.startswith((".", "~"))
+                and (len(parts) == 2 or text.endswith(".safetensors")))
+    if not hub_like:
+        raise InbetweeningError(f"backward weights file not found: {spec}")
+    repo, filename = "/".join(parts[:2]), "/".join(parts[2:]) or WEIGHTS_FILENAME
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(repo, filename))
+    except Exception as e:  # noqa: BLE001 - offline, no such repository or file, no access ...
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InbetweeningError(f"backward weights {spec}: no such file here, and the model hub "
+                                f"gave no {filename} of {repo} ({why})") from None

@@ -1,36 +1,28 @@
-"""The inbetweening methods: configurations of one machinery, not copies of it.
+"""The inbetweening methods: one record each (:class:`Method`), read by the pipeline, the command
+line, the app, evaluation and the docs. Adding a method is adding its record here (and, if no
+existing kind of sampler runs it, its sampler: see :mod:`inbetweening.runners`).
 
-=========  ==================================================================================
-gi         the paper: backward direction with the forward maps rotated by 180 degrees in every
-           temporal self-attention layer and the fine-tuned backward weights. With backward
-           weights of the ``no-rotation`` variant (the paper's "w/o RA" ablation) it uses those
-           weights (q, k, v, o) and no rotation.
-gi-noft    the paper's "w/o FT" ablation: rotated maps in the up blocks only, base weights.
-trf        time-reversal fusion (Feng et al. 2024): the backward direction is the plain forward
-           model run on the time-flipped video from the end frame; no rotation, base weights.
-forward    plain SVD from the start frame; the end frame is not used.
-=========  ==================================================================================
+A method is a *kind* of sampler (how the denoising steps go), a *backward direction* (what the
+model does on the time-flipped latent from the end frame) and its own *settings* (the published
+ones). The settings of a call come from, lowest first (:func:`resolve_settings`):
 
-The peers (:mod:`inbetweening.peers`), each with its own sampler (see :data:`SAMPLING`):
+1. :data:`BASE_SETTINGS`, what every method shares (SVD's own defaults);
+2. the method's settings, and the model folder's recommended settings (``inbetweening.json``,
+   e.g. the toy models' step count): for a *tunable* method (GI's sampler) the model's
+   recommendation goes over the method's settings, and a recipe (:data:`RECIPES`) over both; for
+   the others the method's own (published) settings go over the model's recommendation and
+   recipes do not apply (a note says so);
+3. what the call sets.
 
-=============  ==============================================================================
-trf            TRF as its authors' release runs it (``peers.sample_trf``): linear fusion
-               weights over frames, per-direction (unsymmetrised) guidance, Euler with jumps
-               back (RePaint-style re-noising). Base model in both directions.
-trf-avg        what ``trf`` meant before: GI's sampler (Euler with per-step recurrence,
-               average fusion, symmetrised guidance) with the base model in both directions.
-vibid          ViBiDSampler (Yang et al. 2025): sequential forward and backward steps with one
-               re-noise in between, no fusion; CFG++ and the last-frame constraint. Base model.
-gi-sequential  ViBiD's sequential schedule with GI's backward direction (fine-tuned backward
-               weights, rotated maps); needs backward weights like ``gi``.
-mpd            Motion Prior Distillation (Jeon et al. 2026) on ViBiD: in the first steps the
-               backward estimate is distilled from the forward one instead of denoised from the
-               end frame. Base model.
-=============  ==============================================================================
+This module imports no deep-learning library, so the command line can list and check methods at
+once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from .utils import InbetweeningError
@@ -38,48 +30,156 @@ from .utils import InbetweeningError
 if TYPE_CHECKING:  # (imported when used: the method names are needed without torch)
     from .attention import LayerPlan
 
-# The peers added beside the first four (``trf`` is a peer too: its sampler is TRF's own).
-PEER_METHODS = ("trf-avg", "vibid", "gi-sequential", "mpd")
-METHODS = ("gi", "gi-noft", "trf", "forward") + PEER_METHODS
+# The settings every method shares unless it sets its own: SVD's defaults (guidance 1 to 3, fps
+# 7, motion bucket 127, noise augmentation 0.02) and no re-injection.
+BASE_SETTINGS = MappingProxyType({
+    "num_inference_steps": 50, "min_guidance_scale": 1.0, "max_guidance_scale": 3.0, "fps": 7,
+    "motion_bucket_id": 127, "noise_aug_strength": 0.02, "reinject_count": 0,
+    "reinject_fraction": 0.5, "reinject_at": "first", "sampler": "euler", "fuse": "average",
+    "cfgpp_scale": 1.0,
+})
+# The published recipe of the paper (Alg. 2 as released): 50 Euler steps, 5 re-injections on
+# each of the first half (175 predictions), the two directions averaged.
+GI_SETTINGS = {"num_inference_steps": 50, "reinject_count": 5, "reinject_fraction": 0.5,
+               "reinject_at": "first", "sampler": "euler", "fuse": "average"}
+
+# Named recipes for the tunable methods (GI's sampler): settings a call can start from, over the
+# model's recommendation, under what the call sets. ``paper`` is the published recipe (175
+# predictions). ``balanced`` and ``fast`` were chosen by the recipe study (benchmarks/recipes.py;
+# README, "Fewer predictions"): 24 held-out pairs and three sampling seeds in each of three toy
+# settings (the ambiguous world, today's world, today's world at 12 frames). ``balanced`` (24
+# predictions: 2 re-injections on every other step of 12) was the best 24-prediction recipe on
+# the ambiguous world, where recipes differ most, and within the seed spread of the best
+# elsewhere; ``fast`` (10 predictions: 7 steps, 1 re-injection on steps 1, 3 and 5) was the best
+# of the candidates of at most 10 predictions in every setting.
+RECIPES = MappingProxyType({
+    "paper": MappingProxyType(GI_SETTINGS),
+    "balanced": MappingProxyType({"num_inference_steps": 12, "reinject_count": 2,
+                                  "reinject_fraction": 0.5, "reinject_at": "alternate",
+                                  "sampler": "euler"}),
+    "fast": MappingProxyType({"num_inference_steps": 7, "reinject_count": 1,
+                              "reinject_fraction": 0.5, "reinject_at": "alternate",
+                              "sampler": "euler"}),
+})
+
+# What the backward direction (on the time-flipped latent, from the end frame) is:
+#   "finetuned"  GI's fine-tuned backward weights; with weights of the rotation variant it attends
+#                with the forward maps rotated by 180 degrees in every temporal layer, with those
+#                of the other variants (the ablations) with its own maps;
+#   "rotated-up" the base weights with the rotated forward maps in the decoder's (up) blocks only
+#                (the paper's "w/o FT");
+#   "base"       the base model as it is (time-reversal fusion);
+#   None         there is none: one direction from the start frame.
+BACKWARD_DIRECTIONS = ("finetuned", "rotated-up", "base", None)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One way to inbetween: what the pipeline runs, the command line offers and the docs list."""
+
+    name: str
+    label: str  # one line: what it is (the app's menu, --help, the docs)
+    kind: str  # which kind of sampler runs it: a key of runners.RUNNERS
+    backward: str | None  # see BACKWARD_DIRECTIONS
+    settings: Mapping[str, object] = field(default_factory=dict)  # its own (published) settings
+    tunable: bool = False  # recipes and a model's recommended settings go over its own settings
+
+    @property
+    def dual(self) -> bool:
+        """Whether it uses a backward direction (and so the end keyframe)."""
+        return self.backward is not None
+
+    @property
+    def needs_backward_weights(self) -> bool:
+        return self.backward == "finetuned"
+
+
+_RECORDS = (
+    Method("gi", "the paper: GI's fine-tuned backward model with the forward maps rotated by 180 "
+           "degrees, the two directions fused at every step with noise re-injection",
+           kind="recurrence", backward="finetuned", settings=GI_SETTINGS, tunable=True),
+    Method("gi-noft", "the paper's 'w/o FT': rotated maps in the up blocks, no fine-tuning",
+           kind="recurrence", backward="rotated-up", settings=GI_SETTINGS, tunable=True),
+    Method("trf", "time-reversal fusion (Feng et al. 2024) as its release runs it: linear "
+           "fusion, per-direction guidance, jumps back", kind="trf", backward="base"),
+    Method("forward", "plain SVD from the first keyframe (the last one is not used)",
+           kind="recurrence", backward=None, settings={**GI_SETTINGS, "reinject_count": 0},
+           tunable=True),
+    Method("trf-avg", "time-reversal fusion's model with GI's sampler (average fusion, "
+           "re-injection)", kind="recurrence", backward="base", settings=GI_SETTINGS,
+           tunable=True),
+    Method("vibid", "ViBiDSampler (Yang et al. 2025): sequential forward and backward steps, "
+           "CFG++ and the last-frame constraint", kind="sequential", backward="base"),
+    Method("gi-sequential", "ViBiD's sequential schedule with GI's backward model",
+           kind="sequential", backward="finetuned"),
+    Method("mpd", "motion prior distillation (Jeon et al. 2026) on ViBiD", kind="mpd",
+           backward="base"),
+)
+METHOD_RECORDS: Mapping[str, Method] = MappingProxyType({m.name: m for m in _RECORDS})
+METHODS = tuple(METHOD_RECORDS)
 # The methods that run GI's fine-tuned backward model (they need backward weights).
-BACKWARD_METHODS = ("gi", "gi-sequential")
-
-# The sampler of each method: "recurrence" (sampling.SAMPLERS over InbetweenDenoiser, with noise
-# re-injection), "trf" (peers.sample_trf over InbetweenDenoiser with linear fusion and
-# unsymmetrised guidance), "sequential" (peers.sample_sequential over two path denoisers) or
-# "mpd" (peers.sample_mpd over the same two).
-SAMPLING = {"gi": "recurrence", "gi-noft": "recurrence", "trf-avg": "recurrence",
-            "forward": "recurrence", "trf": "trf", "vibid": "sequential",
-            "gi-sequential": "sequential", "mpd": "mpd"}
+BACKWARD_METHODS = tuple(m.name for m in _RECORDS if m.needs_backward_weights)
+_RECIPE_METHODS = tuple(m.name for m in _RECORDS if m.tunable)
 
 
-def check_method(method: str) -> str:
-    if method not in METHODS:
-        raise InbetweeningError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    return method
+def method(name: str) -> Method:
+    """The record of the method ``name``."""
+    if name not in METHOD_RECORDS:
+        raise InbetweeningError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHOD_RECORDS[name]
 
 
-def is_dual(method: str) -> bool:
+def check_method(name: str) -> str:
+    return method(name).name
+
+
+def is_dual(name: str) -> bool:
     """Whether the method uses a forward and a backward direction."""
-    return check_method(method) != "forward"
+    return method(name).dual
 
 
-def layer_plans(method: str, layers: list[str], backward_variant: str | None) -> dict[str, LayerPlan]:
-    """The backward direction's plan in every temporal self-attention layer for ``method``.
+def resolve_settings(name: str, given: Mapping | None = None, model: Mapping | None = None,
+                     recipe: str | None = None) -> tuple[dict, list[str]]:
+    """The settings of a call of method ``name`` (see the module's docstring for the order),
+    and notes for the user (a recipe that does not apply). ``given``: what the call sets (None
+    values are not set); ``model``: the model folder's recommended settings."""
+    record, notes = method(name), []
+    if recipe is not None and recipe not in RECIPES:
+        raise InbetweeningError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
+    if record.tunable:
+        layers = [BASE_SETTINGS, record.settings, model or {}, RECIPES.get(recipe, {})]
+    else:
+        layers = [BASE_SETTINGS, model or {}, record.settings]
+        if recipe is not None:
+            notes.append(f"the recipe {recipe!r} is for {', '.join(_RECIPE_METHODS)}; {name} "
+                         "runs with its own settings")
+    settings: dict = {}
+    for layer in layers:
+        settings.update(layer)
+    settings.update({k: v for k, v in (given or {}).items() if v is not None})
+    return settings, notes
+
+
+def layer_plans(name: str, model, backward_variant: str | None) -> dict[str, LayerPlan]:
+    """The backward direction's plan in every controlled attention layer of ``model`` (its
+    backbone's, see :mod:`inbetweening.backbones`) for the method ``name``.
 
     ``backward_variant`` is the variant of the loaded backward weights (``"rotation"``,
     ``"no-rotation"``) or None when none are loaded.
     """
-    from .attention import LayerPlan, is_up_block
+    from .attention import LayerPlan, controlled_layers, unwrap
+    from .backbones import for_model
 
-    check_method(method)
-    if method in BACKWARD_METHODS:
+    record = method(name)
+    layers = list(controlled_layers(model))
+    if record.backward == "finetuned":
         if backward_variant is None:
             raise InbetweeningError(
-                f"method {method!r} needs backward weights (--backward FILE); without them use "
+                f"method {name!r} needs backward weights (--backward FILE); without them use "
                 "'gi-noft' or 'trf'")
         rotate = backward_variant == "rotation"
         return {n: LayerPlan(rotate=rotate, backward_weights=True) for n in layers}
-    if method == "gi-noft":
-        return {n: LayerPlan(rotate=is_up_block(n), backward_weights=False) for n in layers}
+    if record.backward == "rotated-up":
+        in_decoder = for_model(unwrap(model)).in_decoder
+        return {n: LayerPlan(rotate=in_decoder(n), backward_weights=False) for n in layers}
     return {n: LayerPlan(rotate=False, backward_weights=False) for n in layers}

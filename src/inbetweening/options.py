@@ -3,9 +3,11 @@
 :class:`SamplingOptions` is what the CLI (``interpolate``, ``demo``, ``evaluate``), the web app
 and evaluation all build, each from its own inputs, and what they turn into
 :class:`~inbetweening.pipeline.InbetweenPipeline` call arguments with
-:meth:`SamplingOptions.call_kwargs`. A field left at ``None`` takes the model folder's
-recommendation (its ``inbetweening.json``, ``pipe.defaults``), else the pipeline's own default.
-Each field's ``metadata`` carries its command-line help, so the command line is derived from it.
+:meth:`SamplingOptions.call_kwargs`: only what was set. The pipeline fills in the rest, the same
+way for every caller (:func:`inbetweening.methods.resolve_settings`: the recipe, the model
+folder's recommendation, the method's own settings), so a seed gives the same video from the
+command line, the app and Python. Each field's ``metadata`` carries its command-line help, so the
+command line is derived from it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from .methods import METHODS
+from .methods import METHOD_RECORDS, METHODS, RECIPES
 from .utils import InbetweeningError
 
 # (kept here and checked against inbetweening.sampling in the tests: this module is torch-free)
@@ -53,26 +55,6 @@ def parse_guidance(text: str | None) -> tuple[float, float] | None:
     return lo, hi
 
 
-# Named sampling recipes: parameter sets a run can start from (``--recipe``); options given
-# explicitly override them. ``paper`` is the published recipe (50 steps, 5 re-injections on the
-# first half: 175 predictions). ``balanced`` and ``fast`` were chosen by the recipe study
-# (benchmarks/recipes.py; README, "Fewer predictions"): 24 held-out pairs and three sampling
-# seeds in each of three toy settings (the ambiguous world, today's world, today's world at 12
-# frames). ``balanced`` (24 predictions, under 1/4 of the paper's: 2 re-injections on every
-# other step of 12) was the best 24-prediction recipe on the ambiguous world, where recipes
-# differ most, and within the seed spread of the best elsewhere; ``fast`` (10 predictions,
-# under 1/16: 7 steps, 1 re-injection on steps 1, 3 and 5) was the best of the candidates of at
-# most 10 predictions in every setting.
-RECIPES = {
-    "paper": {"steps": 50, "reinject": 5, "reinject_fraction": 0.5, "reinject_at": "first",
-              "sampler": "euler"},
-    "balanced": {"steps": 12, "reinject": 2, "reinject_fraction": 0.5,
-                 "reinject_at": "alternate", "sampler": "euler"},
-    "fast": {"steps": 7, "reinject": 1, "reinject_fraction": 0.5, "reinject_at": "alternate",
-             "sampler": "euler"},
-}
-
-
 def check_seed(seed: int) -> int:
     """A seed a torch generator takes: 0 to 2**64 - 1."""
     if not 0 <= seed < 2**64:
@@ -89,14 +71,13 @@ class SamplingOptions:
     """How to sample a video. ``None``: the model's recommendation, else the pipeline's default."""
 
     recipe: str | None = field(default=None, metadata=_help(
-        "a named parameter set: paper (50 steps, 5 re-injections on half: the published "
-        "recipe, 175 predictions), balanced (24), fast (10); options given explicitly override "
-        "it (default: the model's settings)", choices=tuple(RECIPES)))
+        "a named parameter set for the methods sampled with GI's sampler (gi, gi-noft, "
+        "trf-avg, forward): paper (50 steps, 5 re-injections on half: the published recipe, "
+        "175 predictions), balanced (24), fast (10); options given explicitly override it "
+        "(default: the model's settings)", choices=tuple(RECIPES)))
     method: str = field(default="gi", metadata=_help(
-        "gi (the paper), gi-noft (no fine-tuning), trf (time-reversal fusion, as its release), "
-        "forward (plain SVD from the first keyframe), trf-avg (TRF with GI's sampler), vibid "
-        "(ViBiDSampler), gi-sequential (ViBiD's schedule with GI's backward model), mpd (motion "
-        "prior distillation)", choices=METHODS))
+        "; ".join(f"{m.name}: {m.label}" for m in METHOD_RECORDS.values()) + " (default gi)",
+        choices=METHODS))
     frames: int | None = field(default=None, metadata=_help(
         "frames per segment, keyframes included (default: the model's)"))
     steps: int | None = field(default=None, metadata=_help(
@@ -160,27 +141,17 @@ class SamplingOptions:
                                         f"{', '.join(allowed)}, not {value!r}")
         return self
 
-    def resolved(self) -> "SamplingOptions":
-        """These options with the recipe's values filled in where no option was given."""
-        if self.recipe is None:
-            return self
-        recipe = {k: v for k, v in RECIPES[self.recipe].items() if getattr(self, k) is None}
-        return dataclasses.replace(self, recipe=None, **recipe)
-
-    def call_kwargs(self, defaults: dict | None = None) -> dict:
-        """InbetweenPipeline keyword arguments: the model's ``defaults`` under the recipe, under
-        what was set."""
-        if self.recipe is not None:
-            return self.resolved().call_kwargs(defaults)
-        kw = dict(method=self.method, num_frames=self.frames, num_inference_steps=self.steps,
-                  fps=self.fps, fuse=self.fuse, dual_pass=self.dual_pass,
-                  reinject_count=self.reinject, reinject_fraction=self.reinject_fraction,
-                  reinject_at=self.reinject_at, sampler=self.sampler,
-                  max_unet_batch=self.max_unet_batch, decode_chunk_size=self.decode_chunk)
+    def call_kwargs(self) -> dict:
+        """InbetweenPipeline keyword arguments: what was set (the recipe by its name), nothing
+        else (the pipeline resolves the rest: see the module's docstring)."""
+        kw = dict(method=self.method, recipe=self.recipe, num_frames=self.frames,
+                  num_inference_steps=self.steps, fps=self.fps, fuse=self.fuse,
+                  dual_pass=self.dual_pass, reinject_count=self.reinject,
+                  reinject_fraction=self.reinject_fraction, reinject_at=self.reinject_at,
+                  sampler=self.sampler, max_unet_batch=self.max_unet_batch,
+                  decode_chunk_size=self.decode_chunk)
         if self.size is not None:
             kw["width"], kw["height"] = self.size
         if self.guidance is not None:
             kw["min_guidance_scale"], kw["max_guidance_scale"] = self.guidance
-        kw = {**(defaults or {}), **{k: v for k, v in kw.items() if v is not None}}
-        kw.setdefault("fps", 7)
-        return kw
+        return {k: v for k, v in kw.items() if v is not None}

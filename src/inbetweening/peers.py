@@ -39,13 +39,10 @@ from typing import Callable
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from . import attention
-from .conditioning import edm_scalings, unet_input
-from .methods import SAMPLING
-from .sampling import (
-    Denoiser, InbetweenDenoiser, KeyframeCondition, fuse_weights, guidance_per_frame)
+from .sampling import Denoiser, renoise
 
-# A path denoiser: ``denoise(x, sigma) -> (guided, unconditional)`` clean estimates of x.
+# A path denoiser: ``denoise(x, sigma) -> (guided, unconditional)`` clean estimates of x
+# (denoisers.PlainPath, denoisers.RotatedBackward).
 PathDenoiser = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 # The defaults of the authors' releases.
@@ -118,110 +115,6 @@ def sample_trf(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
 
 
 # -- ViBiD and GI-sequential ---------------------------------------------------------------------
-def _rows(cond: KeyframeCondition, cfg: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(embeddings, image latents) of one direction's rows: [unconditional, conditional] under
-    guidance (zeros for both, as SVD does), else [conditional]."""
-    e, lat = cond.embedding, cond.latent
-    if not cfg:
-        return e, lat
-    return torch.cat([torch.zeros_like(e), e]), torch.cat([torch.zeros_like(lat), lat])
-
-
-def _v(unet, ids: torch.Tensor, x_rows: torch.Tensor, sigma: torch.Tensor,
-       embeds: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-    """The UNet's v prediction for rows x_rows (N, F, C, h, w) at ``sigma``."""
-    c_in, _, _, c_noise = edm_scalings(sigma)
-    dtype = unet.dtype
-    inp = unet_input(x_rows, c_in, latents)
-    t = c_noise.reshape(1).to(x_rows.device, dtype)
-    out = unet(inp.to(dtype), t, embeds.to(dtype),
-               ids.expand(x_rows.shape[0], -1).to(x_rows.device, dtype), return_dict=False)[0]
-    return out.float()
-
-
-def _guide(d: torch.Tensor, scale) -> tuple[torch.Tensor, torch.Tensor]:
-    """(guided, unconditional) from the clean estimates of the rows; no guidance: both the
-    conditional estimate."""
-    if scale is None:
-        return d, d
-    u, c = d[:1], d[1:]
-    if isinstance(scale, torch.Tensor):
-        scale = scale.to(d.device).view(1, -1, 1, 1, 1)
-    return u + scale * (c - u), u
-
-
-class PlainPath:
-    """One path of the base model: ``denoise(x, sigma) -> (guided, unconditional)`` for a latent
-    x (1, F, C, h, w) conditioned on one keyframe, in x's own frame order.
-
-    ``scale``: the guidance scale (a float, or a per-frame tensor in x's frame order) or None
-    (one conditional row; both outputs are the conditional estimate). ``max_rows`` caps the rows
-    of one UNet call.
-    """
-
-    def __init__(self, unet, cond: KeyframeCondition, added_time_ids: torch.Tensor, scale=None,
-                 max_rows: int | None = None):
-        self.unet, self.ids, self.scale, self.max_rows = unet, added_time_ids, scale, max_rows
-        self.embeds, self.latents = _rows(cond, scale is not None)
-
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor):
-        rows = self.embeds.shape[0]
-        xs = x.expand(rows, -1, -1, -1, -1)
-        step = self.max_rows or rows
-        with attention.phase(self.unet, "plain"):
-            v = torch.cat([_v(self.unet, self.ids, xs[a:a + step], sigma, self.embeds[a:a + step],
-                              self.latents[a:a + step]) for a in range(0, rows, step)])
-        _, c_skip, c_out, _ = edm_scalings(sigma)
-        return _guide(c_skip * xs + c_out * v, self.scale)
-
-
-class RotatedBackward:
-    """GI's backward path on its own: ``denoise(x_rev, sigma) -> (guided, unconditional)`` for
-    the time-flipped latent x_rev, conditioned on the end frame, in x_rev's frame order.
-
-    Every temporal self-attention layer follows ``plans`` (the fine-tuned backward weights; the
-    forward maps rotated by 180 degrees). Those maps are the forward direction's (start frame) on
-    the same noisy latent, ``x_rev.flip(1)``, so each call also runs the forward rows on it:
-    ``dual_pass="fused"`` in the same UNet call (forward rows then backward rows, as
-    :class:`~inbetweening.sampling.InbetweenDenoiser` does; ``max_rows`` splits it, a forward and
-    its backward row kept together), ``"reference"`` as two calls with explicit maps. Under
-    guidance the unconditional backward row gets the unconditional forward row's map.
-    """
-
-    def __init__(self, unet, start: KeyframeCondition, end: KeyframeCondition,
-                 added_time_ids: torch.Tensor, scale, plans: dict[str, attention.LayerPlan],
-                 dual_pass: str = "fused", max_rows: int | None = None):
-        if dual_pass not in ("fused", "reference"):
-            raise ValueError(f"dual_pass must be 'fused' or 'reference', not {dual_pass!r}")
-        self.unet, self.ids, self.scale, self.plans = unet, added_time_ids, scale, plans
-        self.dual_pass, self.max_rows = dual_pass, max_rows
-        self.forward_rows = _rows(start, scale is not None)
-        self.backward_rows = _rows(end, scale is not None)
-
-    def __call__(self, x_rev: torch.Tensor, sigma: torch.Tensor):
-        (ef, lf), (eb, lb) = self.forward_rows, self.backward_rows
-        rows = ef.shape[0]
-        xf = x_rev.flip(1).expand(rows, -1, -1, -1, -1)
-        xb = x_rev.expand(rows, -1, -1, -1, -1)
-        if self.dual_pass == "reference":
-            with attention.phase(self.unet, "record", self.plans):
-                _v(self.unet, self.ids, xf, sigma, ef, lf)
-            with attention.phase(self.unet, "inject", self.plans):
-                v = _v(self.unet, self.ids, xb, sigma, eb, lb)
-        else:
-            step = rows if not self.max_rows else max(1, self.max_rows // 2)
-            parts = []
-            with attention.phase(self.unet, "fused", self.plans):
-                for a in range(0, rows, step):
-                    s = slice(a, a + step)
-                    out = _v(self.unet, self.ids, torch.cat([xf[s], xb[s]]), sigma,
-                             torch.cat([ef[s], eb[s]]), torch.cat([lf[s], lb[s]]))
-                    parts.append(out[out.shape[0] // 2:])
-            v = torch.cat(parts)
-        _, c_skip, c_out, _ = edm_scalings(sigma)
-        return _guide(c_skip * xb + c_out * v, self.scale)
-
-
 def _pin_last(estimate: torch.Tensor, latent: torch.Tensor | None) -> torch.Tensor:
     """The last-frame constraint: the clean estimate with its last frame replaced by ``latent``
     (1, C, h, w). This is ViBiD's DDS step for its masking operator: conjugate gradients on
@@ -261,17 +154,12 @@ def sample_sequential(forward: PathDenoiser, backward: PathDenoiser, x: torch.Te
     return x
 
 
-def _renoise(x, s, s_next, generator):
-    noise = randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return x + (s**2 - s_next**2) ** 0.5 * noise
-
-
 def _sequential_step(forward, backward, x, s, s_next, generator, start_latent, end_latent, cfgpp):
     """One step of :func:`sample_sequential`."""
     ratio = s_next / s
     g, u = forward(x, s)
     x = _pin_last(g, end_latent) + ratio * (x - (u if cfgpp else g))
-    y = _renoise(x, s, s_next, generator).flip(1)
+    y = renoise(x, s, s_next, generator).flip(1)
     g, u = backward(y, s)
     return (_pin_last(g, start_latent) + ratio * (y - (u if cfgpp else g))).flip(1)
 
@@ -324,7 +212,7 @@ def sample_mpd(forward: PathDenoiser, backward: PathDenoiser, x: torch.Tensor,
                 g, u = forward(x, s)
                 b = _pin_last(mpd_distilled(g, end_latent).flip(1), start_latent).flip(1)
                 x = (1 - mix) * g + mix * b + s_next / s * (x - (u if cfgpp else g))
-                x = _renoise(x, s, s_next, generator)
+                x = renoise(x, s, s_next, generator)
         x = _sequential_step(forward, backward, x, s, s_next, generator, start_latent,
                              end_latent, cfgpp)
         if callback is not None and (replaced := callback(i, x)) is not None:
@@ -346,69 +234,3 @@ def clean_latent(vae, images: torch.Tensor) -> torch.Tensor:
     posterior sample for the mode.)"""
     z = vae.encode(images.to(vae.dtype)).latent_dist.mode()
     return z.float() * vae.config.scaling_factor
-
-
-# -- what the pipeline dispatches to --------------------------------------------------------------
-def denoisers_for(method: str, unet, start: KeyframeCondition, end: KeyframeCondition,
-                  added_time_ids: torch.Tensor, *, num_frames: int, min_guidance_scale: float,
-                  max_guidance_scale: float, plans: dict[str, attention.LayerPlan],
-                  dual_pass: str = "fused", max_rows: int | None = None,
-                  cfgpp_scale: float = VIBID_CFGPP_SCALE):
-    """What a peer method samples with, from the pipeline's pieces: ``trf``: one
-    InbetweenDenoiser (linear fusion; the per-frame guidance linspace(min, max) in each
-    direction's own frame order, None when max <= 1); ``vibid``, ``mpd``: (forward, backward)
-    :class:`PlainPath`; ``gi-sequential``: (forward :class:`PlainPath`, :class:`RotatedBackward`),
-    the paths guided with CFG++ at ``cfgpp_scale``. ``plans``: ``methods.layer_plans(method,
-    ...)``."""
-    kind = SAMPLING.get(method)
-    if kind == "trf":
-        return InbetweenDenoiser(
-            unet, method, start, end, added_time_ids,
-            guidance_per_frame(num_frames, min_guidance_scale, max_guidance_scale,
-                               symmetric=False),
-            fuse_weights(num_frames, "linear"), plans, dual_pass=dual_pass, max_rows=max_rows)
-    if kind not in ("sequential", "mpd"):
-        raise ValueError(f"{method!r} is not sampled by a peer sampler")
-    forward = PlainPath(unet, start, added_time_ids, cfgpp_scale, max_rows=max_rows)
-    if method == "gi-sequential":
-        return forward, RotatedBackward(unet, start, end, added_time_ids, cfgpp_scale, plans,
-                                        dual_pass=dual_pass, max_rows=max_rows)
-    return forward, PlainPath(unet, end, added_time_ids, cfgpp_scale, max_rows=max_rows)
-
-
-def sample_peer(method: str, denoisers, x: torch.Tensor, sigmas: torch.Tensor, *,
-                generator: torch.Generator | None = None,
-                start_latent: torch.Tensor | None = None, end_latent: torch.Tensor | None = None,
-                wrap: Callable = lambda denoise: denoise,
-                callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None
-                ) -> torch.Tensor:
-    """Run a peer method's sampler with its release's settings on what :func:`denoisers_for`
-    gave; ``wrap`` wraps every denoiser (the pipeline's progress bar and interrupt check; it must
-    return the wrapped denoiser's output unchanged). The keyframes' :func:`clean_latent` are
-    needed by the sequential methods."""
-    kind = SAMPLING.get(method)
-    if kind == "trf":
-        return sample_trf(wrap(denoisers), x, sigmas, generator=generator, callback=callback)
-    forward, backward = (wrap(d) for d in denoisers)
-    if start_latent is None or end_latent is None:
-        raise ValueError(f"{method!r} needs both keyframes' clean latents")
-    if kind == "sequential":
-        return sample_sequential(forward, backward, x, sigmas, generator=generator,
-                                 start_latent=start_latent, end_latent=end_latent,
-                                 callback=callback)
-    if kind == "mpd":
-        return sample_mpd(forward, backward, x, sigmas, generator=generator,
-                          start_latent=start_latent, end_latent=end_latent, callback=callback)
-    raise ValueError(f"{method!r} is not sampled by a peer sampler")
-
-
-def peer_predictions(method: str, num_steps: int) -> int:
-    """Denoiser calls (the ``wrap``-ped ones) :func:`sample_peer` makes for ``method``."""
-    kind = SAMPLING.get(method)
-    if kind == "trf":
-        return trf_predictions(num_steps)
-    if kind == "sequential":
-        return sequential_predictions(num_steps)
-    if kind == "mpd":
-        return mpd_predictions(num_steps)
-    raise ValueError(f"{method!r} is not sampled by a peer sampler")

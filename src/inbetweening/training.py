@@ -55,7 +55,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import attention, backward, conditioning
+from . import attention, backbones, backward, conditioning
+from .backbones import Rows
 from .train_config import CLIPS, COND_AUGS, DUAL_PASSES, PRECISIONS, SAVE_DTYPES, TrainConfig
 from .utils import (
     FOLDER_KINDS, InbetweeningError, atomic_torch_save, check_target, folder_mark, mix_seed,
@@ -66,13 +67,6 @@ LOG_FILE = "log.csv"
 CHECKPOINT_DIR = "checkpoints"
 
 # -- the loss ---------------------------------------------------------------------------------
-
-
-def unet_input(noisy: torch.Tensor, sigma: torch.Tensor, cond_latent: torch.Tensor):
-    """The UNet's input (c_in * x with the conditioning latent on channels) and its timesteps.
-    noisy: (N, F, C, h, w); sigma: (N,); cond_latent: (N, C, h, w)."""
-    c_in, _, _, c_noise = conditioning.edm_scalings(sigma.view(-1, 1, 1, 1, 1))
-    return conditioning.unet_input(noisy, c_in, cond_latent), c_noise.flatten()
 
 
 class BackwardObjective(torch.nn.Module):
@@ -87,16 +81,13 @@ class BackwardObjective(torch.nn.Module):
         self.names = list(weights)
         self.weights = torch.nn.ParameterList(weights.values())
         self.__dict__["unet"] = unet  # not a submodule: DDP must not sync 1.5 B frozen weights
+        self.backbone = backbones.for_model(unet)
         self.plans, self.dual_pass = plans, dual_pass
         self.rotate = any(p.rotate for p in plans.values())
         self.register_buffer("ids", added_time_ids, persistent=False)
 
     def _unet(self, noisy, sigma, embedding, cond_latent):
-        inp, t = unet_input(noisy, sigma, cond_latent)
-        dtype = self.unet.dtype
-        ids = self.ids.expand(noisy.shape[0], -1)
-        return self.unet(inp.to(dtype), t.to(dtype), embedding.to(dtype), ids.to(dtype),
-                         return_dict=False)[0].float()
+        return self.backbone.call(self.unet, noisy, sigma, Rows(embedding, cond_latent, self.ids))
 
     def forward(self, batch: dict[str, torch.Tensor]):
         """batch: ``z`` (B, F, C, h, w) clean latents, ``sigma`` (B,), ``noise`` like z,
@@ -122,8 +113,7 @@ class BackwardObjective(torch.nn.Module):
             # outlive this call for gradient checkpointing (a test holds it to that).
             with attention.phase(self.unet, second, self.plans):
                 v_b = self._unet(*bwd)
-        _, c_skip, c_out, _ = conditioning.edm_scalings(s)
-        denoised = c_skip * noisy_b + c_out * v_b
+        denoised = self.backbone.from_prediction(noisy_b, sigma, v_b)
         per_sample = ((denoised - target) ** 2).mean(dim=(1, 2, 3, 4))
         per_sample = per_sample * conditioning.loss_weight(sigma)
         return per_sample.mean(), per_sample.detach()
@@ -347,13 +337,11 @@ def write_sample(pipe, dataset, cfg: TrainConfig, path: Path) -> Path:
 
     clip = dataset[0]  # (F, 3, H, W) in [-1, 1]
     frames = ((clip + 1) / 2).clamp(0, 1)
-    kw = {**pipe.defaults, "height": clip.shape[-2], "width": clip.shape[-1],
+    kw = {"height": clip.shape[-2], "width": clip.shape[-1],
           "num_frames": clip.shape[0], "method": "gi", "fps": cfg.fps,
           "motion_bucket_id": cfg.motion_bucket_id, "noise_aug_strength": cfg.noise_aug,
-          "output_type": "np", "generator": torch.Generator().manual_seed(cfg.seed)}
-    if cfg.sample_steps:
-        kw["num_inference_steps"] = cfg.sample_steps
-    kw.setdefault("num_inference_steps", 25)
+          "output_type": "np", "generator": torch.Generator().manual_seed(cfg.seed),
+          "num_inference_steps": cfg.sample_steps or pipe.defaults.get("num_inference_steps", 25)}
     disabled = getattr(pipe, "_progress_bar_config", {}).get("disable", False)
     pipe.set_progress_bar_config(disable=True)
     video = pipe(frames[0], frames[-1], **kw).frames[0]  # (F, H, W, 3) in [0, 1]
@@ -638,7 +626,7 @@ def _objective(cfg: TrainConfig, pipe, weights, device) -> BackwardObjective:
     processors) with the frozen base."""
     from .methods import layer_plans
 
-    plans = layer_plans("gi", list(attention.temporal_attention_layers(pipe.unet)), cfg.variant)
+    plans = layer_plans("gi", pipe.unet, cfg.variant)
     ids = conditioning.added_time_ids(cfg.fps, cfg.motion_bucket_id, cfg.noise_aug, 1,
                                       device=device)
     return BackwardObjective(pipe.unet, weights, plans, ids, cfg.dual_pass)

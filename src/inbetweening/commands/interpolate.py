@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 from ..options import check_seed
@@ -23,7 +24,7 @@ def run(args) -> None:
     from ..keyframes import inbetween_sequence, layout
     from ..loading import load_pipeline
     from ..locate import model_inputs
-    from ..pipeline import check_aspects
+    from ..inputs import check_aspects
 
     options = sampling_options(args)
     if args.seed is not None:
@@ -35,7 +36,10 @@ def run(args) -> None:
     check_aspects(images)
     pipe = load_pipeline(args.model, args.backward, args.device, args.dtype,
                          compile=args.compile)
-    kw = options.call_kwargs(pipe.defaults)
+    kw = options.call_kwargs()
+    settings, notes = pipe.call_settings(image=images[0], **kw)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     generator = seed_generator(args.seed)
     t0 = time.time()
 
@@ -47,7 +51,7 @@ def run(args) -> None:
                                on_segment=on_segment, **kw)
     if args.side_by_side:
         video = media.side_by_side(video, images)
-    media.write_video(video, args.output, fps=kw["fps"], overwrite=args.overwrite,
+    media.write_video(video, args.output, fps=settings["fps"], overwrite=args.overwrite,
                       inputs=inputs)
     h, w = video.shape[1:3]
     print(f"wrote {args.output} ({len(video)} frames, {w}x{h}, {time.time() - t0:.1f} s)")

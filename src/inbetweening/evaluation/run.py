@@ -95,10 +95,9 @@ def _load_model(methods, bset, options, model, backward, device, dtype, state, q
             raise InbetweeningError(f"method {m!r} needs backward weights (--backward FILE, or a "
                                     "model folder with backward.safetensors)")
     for m in diffusion:  # frame count, size and steps the model can take
-        kw = sampling_call(options, m, bset, pipe)
-        pipe.check_inputs(kw["height"], kw["width"], kw["num_frames"], m,
-                          kw.get("num_inference_steps", 50), kw.get("sampler", "euler"),
-                          kw.get("reinject_at", "first"))
+        s, _ = pipe.call_settings(**sampling_call(options, m, bset, pipe))
+        pipe.check_inputs(s["height"], s["width"], s["num_frames"], m, s["num_inference_steps"],
+                          s["sampler"], s["reinject_at"])
     return pipe
 
 

@@ -44,10 +44,11 @@ SET_BY_THE_SET = ("method", "frames", "size")
 
 def sampling_call(options: SamplingOptions | None, method: str, bset: BenchmarkSet,
                   pipe) -> dict:
-    """Pipeline keyword arguments for ``method`` on the set's frames and size."""
+    """Pipeline keyword arguments for ``method`` on the set's frames and size (the pipeline
+    resolves the rest: :meth:`InbetweenPipeline.call_settings`)."""
     options = (options or SamplingOptions()).replace(
         method=method, frames=bset.frames, size=(bset.width, bset.height)).check()
-    return options.call_kwargs(pipe.defaults)
+    return options.call_kwargs()
 
 
 def generate(method: str, pair: Pair, bset: BenchmarkSet, *, pipe=None,

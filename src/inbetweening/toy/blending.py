@@ -46,7 +46,7 @@ import torch
 
 from ..metrics import as_video
 from ..utils import InbetweeningError
-from .tracker import COLOR_TOLERANCE, _present, color_distance
+from .tracker import COLOR_TOLERANCE, color_distance, present_mask
 
 MIN_ALPHA = 0.35  # a pixel is part of a blob if at least this share of it is the vehicle's colour
 MIN_BLOB = 4.0  # blobs of smaller mass (pixels of full colour) are specks and are ignored
@@ -115,7 +115,7 @@ def blending(video, colors, present=None, *, min_alpha: float = MIN_ALPHA,
     """
     frames = as_video(video).double()
     colors = torch.as_tensor(np.asarray(colors), dtype=torch.float64).reshape(-1, 3)
-    keep = _present(present, len(colors))
+    keep = present_mask(present, len(colors))
     if len(keep) != len(colors):
         raise InbetweeningError(f"{len(colors)} colours but {len(keep)} present flags")
     if not keep.any():

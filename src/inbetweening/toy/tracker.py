@@ -99,7 +99,8 @@ def track(video, colors, start, *, radius: float = RADIUS, tolerance: float = CO
     return Tracks(positions=positions, found=found)
 
 
-def _present(present, n: int) -> np.ndarray:
+def present_mask(present, n: int) -> np.ndarray:
+    """Which of ``n`` sprites are present: all when ``present`` is None."""
     return np.ones(n, dtype=bool) if present is None else np.asarray(present, dtype=bool)
 
 
@@ -110,7 +111,7 @@ def trajectory_error(positions, true_centers, present=None, *, per_frame: bool =
     pos, true = np.asarray(positions, dtype=np.float64), np.asarray(true_centers, dtype=np.float64)
     if pos.shape != true.shape:
         raise InbetweeningError(f"tracks {pos.shape} and ground truth {true.shape} differ in shape")
-    keep = _present(present, len(pos))
+    keep = present_mask(present, len(pos))
     if not keep.any():
         raise InbetweeningError("no sprite is present")
     dist = np.linalg.norm(pos[keep] - true[keep], axis=-1)  # (S', F)
@@ -126,7 +127,7 @@ def direction_consistency(positions, headings, present=None, *, min_step: float 
     """Fraction of frame-to-frame steps (all F-1 of each present sprite) that move forward: at
     least ``min_step`` pixels along the true heading and within ``max_angle`` degrees of it."""
     pos = np.asarray(positions, dtype=np.float64)
-    keep = _present(present, len(pos))
+    keep = present_mask(present, len(pos))
     if not keep.any():
         raise InbetweeningError("no sprite is present")
     head = np.asarray(headings, dtype=np.float64)[keep]
@@ -149,7 +150,7 @@ def track_metrics(video, colors, centers, headings, present, start_key=None, end
     """All tracker metrics of one video against the ground truth of its clip (arrays as in
     :class:`inbetweening.toy.world.Clips`, for one clip: colors (S, 3), centers (S, F, 2),
     headings (S,), present (S,)). Also the per-frame trajectory error, for curves."""
-    keep = _present(present, len(np.asarray(colors)))
+    keep = present_mask(present, len(np.asarray(colors)))
     centers = np.asarray(centers, dtype=np.float64)[keep]
     tracks = track(video, np.asarray(colors)[keep], centers[:, 0])
     out = {
