@@ -154,7 +154,8 @@ def test_gi_sampling_fused_equals_the_reference_through_a_joint_attention_model(
     """The whole of Alg. 2 (Euler with noise re-injection, guidance, averaged directions) through
     the DiT: one fused call per prediction against the paper's two calls with explicit maps."""
     sigmas = torch.tensor([20.0, 5.0, 1.0, 0.2, 0.0])
-    x = 20.0 * torch.randn(1, FRAMES, CHANNELS, SIDE, SIDE, generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    x = 20.0 * torch.randn(1, FRAMES, CHANNELS, SIDE, SIDE, generator=g)
 
     def run(dual_pass):
         return sample_euler(denoiser(model, conds, dual_pass=dual_pass, max_rows=max_rows), x,

@@ -40,15 +40,18 @@ class KeyframeCodec:
         return KeyframeCondition(embedding=embedding, latent=latent.to(embedding.dtype))
 
     def keyframe_conditions(self, keyframes, height: int, width: int, fit: str,
-                            noise_aug_strength: float, generator, device) -> tuple[list, list]:
+                            noise_aug_strength: float, generator, device,
+                            shared_noise: bool = True) -> tuple[list, list]:
         """Conditioning for one video's keyframes (start, and end if not None), and the
-        preprocessed keyframe images. As the published code does, ONE augmentation noise, of a
-        keyframe's shape and drawn from ``generator``, is added to every keyframe."""
+        preprocessed keyframe images. As GI's published code does, ONE augmentation noise, of a
+        keyframe's shape and drawn from ``generator``, is added to every keyframe; with
+        ``shared_noise`` False each keyframe gets a draw of its own, in order."""
         images = [self.preprocess(k, height, width, fit) for k in keyframes if k is not None]
-        noise = randn_tensor(images[0].shape, generator=generator, device=device,
-                             dtype=images[0].dtype)
-        return images, [self.encode_keyframe(im, noise_aug_strength, noise, device)
-                        for im in images]
+        noises = [randn_tensor(images[0].shape, generator=generator, device=device,
+                               dtype=images[0].dtype)
+                  for _ in range(1 if shared_noise else len(images))]
+        return images, [self.encode_keyframe(im, noise_aug_strength, noises[i % len(noises)],
+                                             device) for i, im in enumerate(images)]
 
     def initial_latent(self, shape, generator, given: torch.Tensor | None, device) -> torch.Tensor:
         """The latent sampling starts from: ``given`` (one video's part of the ``latents``

@@ -36,8 +36,17 @@ BASE_SETTINGS = MappingProxyType({
     "num_inference_steps": 50, "min_guidance_scale": 1.0, "max_guidance_scale": 3.0, "fps": 7,
     "motion_bucket_id": 127, "noise_aug_strength": 0.02, "reinject_count": 0,
     "reinject_fraction": 0.5, "reinject_at": "first", "sampler": "euler", "fuse": "average",
-    "cfgpp_scale": 1.0,
+    "cfgpp_scale": 1.0, "renoise_scale": 1.0, "keyframe_noise": "shared",
+    "keyframe_latent": "mode",
 })
+# The settings that take one of a few names.
+CHOICES = {"keyframe_noise": ("shared", "independent"),
+           "keyframe_latent": ("mode", "sample")}
+# ViBiD's release (and MPD's, which is built on it): 25 steps (50 path predictions), CFG++ at
+# scale 1, a separate augmentation noise for each keyframe, and the last-frame constraint's
+# keyframe latents sampled from the VAE's posterior.
+VIBID_SETTINGS = {"num_inference_steps": 25, "cfgpp_scale": 1.0,
+                  "keyframe_noise": "independent", "keyframe_latent": "sample"}
 # The published recipe of the paper (Alg. 2 as released): 50 Euler steps, 5 re-injections on
 # each of the first half (175 predictions), the two directions averaged.
 GI_SETTINGS = {"num_inference_steps": 50, "reinject_count": 5, "reinject_fraction": 0.5,
@@ -101,19 +110,22 @@ _RECORDS = (
     Method("gi-noft", "the paper's 'w/o FT': rotated maps in the up blocks, no fine-tuning",
            kind="recurrence", backward="rotated-up", settings=GI_SETTINGS, tunable=True),
     Method("trf", "time-reversal fusion (Feng et al. 2024) as its release runs it: linear "
-           "fusion, per-direction guidance, jumps back", kind="trf", backward="base"),
-    Method("forward", "plain SVD from the first keyframe (the last one is not used)",
-           kind="recurrence", backward=None, settings={**GI_SETTINGS, "reinject_count": 0},
-           tunable=True),
+           "fusion, per-direction guidance, 50 steps with jumps back, re-noised at 0.95",
+           kind="trf", backward="base",
+           settings={"num_inference_steps": 50, "renoise_scale": 0.95}),
+    Method("forward", "plain SVD from the first keyframe (the last one is not used): 25 Euler "
+           "steps, no re-injection", kind="recurrence", backward=None,
+           settings={"num_inference_steps": 25, "reinject_count": 0}),
     Method("trf-avg", "time-reversal fusion's model with GI's sampler (average fusion, "
            "re-injection)", kind="recurrence", backward="base", settings=GI_SETTINGS,
            tunable=True),
     Method("vibid", "ViBiDSampler (Yang et al. 2025): sequential forward and backward steps, "
-           "CFG++ and the last-frame constraint", kind="sequential", backward="base"),
+           "CFG++ and the last-frame constraint, 25 steps", kind="sequential", backward="base",
+           settings=VIBID_SETTINGS),
     Method("gi-sequential", "ViBiD's sequential schedule with GI's backward model",
-           kind="sequential", backward="finetuned"),
-    Method("mpd", "motion prior distillation (Jeon et al. 2026) on ViBiD", kind="mpd",
-           backward="base"),
+           kind="sequential", backward="finetuned", settings=VIBID_SETTINGS),
+    Method("mpd", "motion prior distillation (Jeon et al. 2026) on ViBiD, as its release "
+           "(fps id 8)", kind="mpd", backward="base", settings={**VIBID_SETTINGS, "fps": 9}),
 )
 METHOD_RECORDS: Mapping[str, Method] = MappingProxyType({m.name: m for m in _RECORDS})
 METHODS = tuple(METHOD_RECORDS)
@@ -157,6 +169,10 @@ def resolve_settings(name: str, given: Mapping | None = None, model: Mapping | N
     for layer in layers:
         settings.update(layer)
     settings.update({k: v for k, v in (given or {}).items() if v is not None})
+    for key, allowed in CHOICES.items():
+        if settings[key] not in allowed:
+            raise InbetweeningError(f"{key} must be one of {', '.join(allowed)}, not "
+                                    f"{settings[key]!r}")
     return settings, notes
 
 

@@ -45,9 +45,9 @@ from .sampling import Denoiser, renoise
 # (denoisers.PlainPath, denoisers.RotatedBackward).
 PathDenoiser = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
-# The defaults of the authors' releases.
-TRF_JUMP_LENGTH, TRF_JUMP_SAMPLES, TRF_REPEAT_STEP_RATIO, TRF_NOISE_SCALE = 5, 2, 0.8, 1.0
-VIBID_STEPS, VIBID_CFGPP_SCALE = 25, 1.0
+# TRF's jumps as its release makes them (its other settings, e.g. its 50 steps and its re-noise
+# scale, are the method's settings: inbetweening.methods).
+TRF_JUMP_LENGTH, TRF_JUMP_SAMPLES, TRF_REPEAT_STEP_RATIO = 5, 2, 0.8
 
 
 # -- TRF ------------------------------------------------------------------------------------------
@@ -76,7 +76,7 @@ def sample_trf(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
                generator: torch.Generator | None = None, jump_length: int = TRF_JUMP_LENGTH,
                jump_n_sample: int = TRF_JUMP_SAMPLES,
                repeat_step_ratio: float = TRF_REPEAT_STEP_RATIO,
-               noise_scale: float = TRF_NOISE_SCALE,
+               noise_scale: float = 1.0,
                callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None
                ) -> torch.Tensor:
     """Euler from ``sigmas[0]`` to ``sigmas[-1]`` with TRF's jumps back (RePaint-style resampling).
@@ -227,10 +227,12 @@ def mpd_predictions(num_steps: int, distill_ratio: float = MPD_DISTILL_RATIO,
     return 2 * num_steps + distill_iterations * _distilled_in_steps(num_steps, distill_ratio)
 
 
-def clean_latent(vae, images: torch.Tensor) -> torch.Tensor:
-    """The keyframe's latent for the last-frame constraint: the VAE mode of the clean image,
-    scaled by the VAE's scaling factor (the space the video latent lives in). images: (B, 3, H,
-    W) in [-1, 1] -> (B, C, h, w). (ViBiD's release encodes the clean frame the same way, with a
-    posterior sample for the mode.)"""
-    z = vae.encode(images.to(vae.dtype)).latent_dist.mode()
+def clean_latent(vae, images: torch.Tensor,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """The keyframe's latent for the last-frame constraint, scaled by the VAE's scaling factor
+    (the space the video latent lives in): the VAE's mode of the clean image, or with a
+    ``generator`` a sample of its posterior drawn from it (as ViBiD's and MPD's releases encode
+    it). images: (B, 3, H, W) in [-1, 1] -> (B, C, h, w)."""
+    dist = vae.encode(images.to(vae.dtype)).latent_dist
+    z = dist.mode() if generator is None else dist.sample(generator)
     return z.float() * vae.config.scaling_factor

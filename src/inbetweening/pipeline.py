@@ -284,8 +284,10 @@ class InbetweenPipeline(ModelFolder, KeyframeCodec, DiffusionPipeline):
                                           dtype=conds[0].embedding.dtype, device=device)
         clean = None
         if runners.KINDS[record.kind].clean_latents:  # the last-frame constraints
+            sampled = generator if settings["keyframe_latent"] == "sample" else None
             with self.vae_upcast():
-                clean = tuple(peers.clean_latent(self.vae, im.to(device)) for im in images)
+                clean = tuple(peers.clean_latent(self.vae, im.to(device), sampled)
+                              for im in images)
         return runners.Job(
             model=self.unet, method=record, settings=settings, start=conds[0],
             end=conds[1] if len(conds) > 1 else None, ids=ids, sigmas=sigmas,
@@ -306,8 +308,9 @@ class InbetweenPipeline(ModelFolder, KeyframeCodec, DiffusionPipeline):
         with self.progress_bar(total=s["num_inference_steps"] * len(plan.pairs)) as bar:
             bar.set_description(f"{record.name}, steps")
             for pair, g, z in zip(plan.pairs, plan.generators, plan.latents):
-                images, conds = self.keyframe_conditions(pair, s["height"], s["width"], fit,
-                                                         s["noise_aug_strength"], g, device)
+                images, conds = self.keyframe_conditions(
+                    pair, s["height"], s["width"], fit, s["noise_aug_strength"], g, device,
+                    shared_noise=s["keyframe_noise"] == "shared")
                 steps = _Steps(self, callback, tensor_inputs, bar)
                 job = self._job(record, s, images, conds, plan.sigmas, g, plan.plans,
                                 steps.on_step, dual_pass=dual_pass, max_rows=max_rows)
@@ -359,7 +362,9 @@ class InbetweenPipeline(ModelFolder, KeyframeCodec, DiffusionPipeline):
         reinject_count: int | None = None, reinject_fraction: float | None = None,
         reinject_at: str | None = None, sampler: str | None = None, fuse: str | None = None,
         method: str | None = None, recipe: str | None = None, cfgpp_scale: float | None = None,
-        dual_pass: str = "fused", max_unet_batch: int | None = None, fit: str = "crop",
+        renoise_scale: float | None = None, keyframe_noise: str | None = None,
+        keyframe_latent: str | None = None, dual_pass: str = "fused",
+        max_unet_batch: int | None = None, fit: str = "crop",
         decode_chunk_size: int | None = None, num_videos_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None, output_type: str = "pil",
@@ -373,7 +378,7 @@ class InbetweenPipeline(ModelFolder, KeyframeCodec, DiffusionPipeline):
         of one start or end keyframe goes with every keyframe of the other;
         ``num_videos_per_prompt`` videos per pair, one after another: ``frames[j]``.
 
-        The settings (``height`` to ``cfgpp_scale``) left at None are resolved by
+        The settings (``height`` to ``keyframe_latent``) left at None are resolved by
         :meth:`call_settings`, as the command line and the app resolve them: a ``recipe``
         (``paper``, ``balanced``, ``fast``), the model's recommendation (:attr:`defaults`), the
         ``method``'s own settings (``gi``, the paper, by default; see
@@ -381,7 +386,10 @@ class InbetweenPipeline(ModelFolder, KeyframeCodec, DiffusionPipeline):
         re-injections on ``int(steps * reinject_fraction)`` steps placed by ``reinject_at``
         (``first``, as published; ``middle``; ``alternate``); ``sampler``: ``euler`` (the
         paper's), ``heun`` or ``dpmpp-2m``; per-frame guidance linspace(min, max), symmetrised
-        under ``fuse="average"`` as published. ``dual_pass``: ``fused`` (one UNet call for both
+        under ``fuse="average"`` as published; ``renoise_scale``: TRF's re-noising;
+        ``keyframe_noise``: ``shared`` (one augmentation noise for both keyframes, as GI
+        publishes) or ``independent``; ``keyframe_latent``: ``mode`` or ``sample`` (the
+        last-frame constraint's keyframe latents). ``dual_pass``: ``fused`` (one UNet call for both
         directions) or ``reference`` (the paper's two calls with explicit maps);
         ``max_unet_batch`` caps the rows of a UNet call, ``decode_chunk_size`` the frames
         decoded at once.

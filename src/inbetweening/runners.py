@@ -1,8 +1,8 @@
 """How each kind of method runs (:attr:`inbetweening.methods.Method.kind`): from one video's pieces
 (:class:`Job`) to its sampler's call, and how many predictions it makes. The pipeline dispatches
-here and nowhere else: a method of an existing kind is only a record in :mod:`~inbetweening.methods`;
-a new kind is a sampler (:mod:`~inbetweening.sampling`, :mod:`~inbetweening.peers`) plus its
-:class:`Kind` in :data:`KINDS`.
+here and nowhere else: a method of an existing kind is only a record in
+:mod:`~inbetweening.methods`; a new kind is a sampler (:mod:`~inbetweening.sampling`,
+:mod:`~inbetweening.peers`) plus its :class:`Kind` in :data:`KINDS`.
 
 =============  ==================================================================================
 recurrence     :func:`sampling.SAMPLERS` (Euler, Heun, DPM++(2M) with noise re-injection: the
@@ -93,8 +93,9 @@ def _run_recurrence(job: Job) -> Run:
 
 def _run_trf(job: Job) -> Run:
     denoise = job.fused("linear", symmetric=False)
-    return lambda wrap, x: peers.sample_trf(wrap(denoise), x, job.sigmas,
-                                            generator=job.generator, callback=job.callback)
+    return lambda wrap, x: peers.sample_trf(
+        wrap(denoise), x, job.sigmas, generator=job.generator,
+        noise_scale=job.settings["renoise_scale"], callback=job.callback)
 
 
 def _run_sequential(job: Job) -> Run:
