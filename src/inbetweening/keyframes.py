@@ -7,6 +7,10 @@ same image is given first and last (no extra segment is needed). The frame that 
 first keyframe at the end is dropped, so the video can play on repeat without a stutter.
 
 With ``F`` frames per segment, keyframe ``k`` lands at frame ``k * (F - 1)`` of the video.
+
+:func:`interpolate` is how ``inbetween interpolate`` (and ``inbetween render``, shot by shot) turns
+keyframes, sampling options and a seed into a video: one function, so that every front end makes
+the same frames for the same settings and seed.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from . import media
+from .options import SamplingOptions, check_seed
 from .utils import InbetweeningError
 
 
@@ -95,3 +101,44 @@ def inbetween_sequence(pipe, keyframes: list, *, loop: bool = False,
         segments.append(np.asarray(out[0]))
     return join_segments(segments, plan.closed)
 
+
+
+def check_keyframes(keyframes: list, loop: bool = False) -> Layout:
+    """Refuse, before any model is loaded, too few keyframes and keyframes of different aspect
+    ratios; returns the sequence's layout. ``keyframes``: images, arrays or tensors."""
+    from .pipeline import check_aspects, to_pil
+
+    plan = layout(keyframes, loop)
+    check_aspects([k if hasattr(k, "width") else to_pil(k) for k in keyframes])
+    return plan
+
+
+@dataclass(frozen=True)
+class Video:
+    """A video made by :func:`interpolate`: ``frames`` (F, H, W, 3) float in [0, 1], the frame
+    rate to play it at, and the UNet predictions it took (all segments)."""
+
+    frames: np.ndarray
+    fps: int
+    predictions: int
+
+
+def interpolate(pipe, keyframes: list, options: SamplingOptions | None = None, *, seed: int,
+                loop: bool = False, side_by_side: bool = False,
+                on_segment: Callable[[int, int], None] | None = None, **call) -> Video:
+    """The video through ``keyframes`` as ``inbetween interpolate`` makes it: the pipeline call of
+    ``options`` (under the model's recommendations, ``pipe.defaults``), every segment's noise from
+    one generator seeded with ``seed``; with ``side_by_side`` the first and last keyframes are
+    shown beside each frame. ``call``: more pipeline arguments (e.g. ``callback_on_step_end``)."""
+    options = (options or SamplingOptions()).check()
+    kw = options.call_kwargs(pipe.defaults)
+    generator = torch.Generator().manual_seed(check_seed(seed))
+    segments = len(layout(keyframes, loop).pairs)
+    frames = inbetween_sequence(pipe, keyframes, loop=loop, generator=generator,
+                                on_segment=on_segment, **kw, **call)
+    predictions = pipe.num_predictions * segments
+    if side_by_side:
+        from .pipeline import to_pil
+
+        frames = media.side_by_side(frames, [to_pil(keyframes[0]), to_pil(keyframes[-1])])
+    return Video(frames=frames, fps=kw["fps"], predictions=predictions)
