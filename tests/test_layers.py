@@ -21,12 +21,13 @@ LAYERS = [
     ["pipeline"],
     ["loading", "keyframes"],
     # the application layer: the work commands do, then the commands, then the entry point
-    ["train_config", "training", "evaluation", "evaluation.*", "demo", "app"],
+    ["train_config", "training", "evaluation", "evaluation.*", "render", "render.*", "demo",
+     "app"],
     ["commands", "commands.*"],
     ["cli", "__main__"],
 ]
 MODEL_LAYER = {"attention", "backward", "conditioning", "methods", "sampling", "peers", "pipeline"}
-APPLICATION = {"cli", "app", "evaluation", "training", "demo", "commands"}
+APPLICATION = {"cli", "app", "evaluation", "training", "demo", "commands", "render"}
 
 
 def module_name(path: Path) -> str:

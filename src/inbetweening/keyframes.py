@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from . import media
+from .methods import BACKWARD_METHODS
 from .options import SamplingOptions, check_seed
 from .utils import InbetweeningError
 
@@ -111,6 +112,25 @@ def check_keyframes(keyframes: list, loop: bool = False) -> Layout:
     plan = layout(keyframes, loop)
     check_aspects([k if hasattr(k, "width") else to_pil(k) for k in keyframes])
     return plan
+
+
+def check_options(pipe, options: SamplingOptions) -> dict:
+    """The pipeline call of ``options`` on this model (as :func:`interpolate` makes it), refused
+    before any sampling when the model cannot take it: frame count, size, steps, a method that
+    needs backward weights the model does not have."""
+    from .backward import loaded_variant
+
+    kw = options.check().call_kwargs(pipe.defaults)
+    method = kw["method"]
+    if method in BACKWARD_METHODS and loaded_variant(pipe.unet) is None:
+        raise InbetweeningError(f"method {method!r} needs backward weights (--backward FILE, or a "
+                                "model folder with backward.safetensors)")
+    width, height = pipe.default_size()
+    pipe.check_inputs(kw.get("height", height), kw.get("width", width),
+                      kw.get("num_frames") or pipe.unet.config.num_frames, method,
+                      kw.get("num_inference_steps", 50), kw.get("sampler", "euler"),
+                      kw.get("reinject_at", "first"))
+    return kw
 
 
 @dataclass(frozen=True)
