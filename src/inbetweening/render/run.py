@@ -178,7 +178,9 @@ def render(manifest, out, *, model=None, backward=None, device=None, dtype=None,
         shots, todo, made = _prepare(manifest, out, options, seed, model, backward, overwrite)
         pipe = None
         if todo:
-            dev = device if device is not None or state.num_processes == 1 else state.device
+            # (several processes on "cuda": each its own GPU, as the launcher numbers them)
+            many = state.num_processes > 1 and device in (None, "cuda")
+            dev = state.device if many else device
             pipe = load_pipeline(model, backward, dev, dtype, compile=compile,
                                  quiet=quiet or not state.is_main_process)
             check_shots_on(pipe, manifest, todo)
