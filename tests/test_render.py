@@ -22,7 +22,6 @@ import torch
 from inbetweening import cli
 from inbetweening.options import SamplingOptions
 from inbetweening.render import COLUMNS, read_manifest
-from inbetweening.utils import InbetweeningError
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch_dtype. is deprecated:FutureWarning")
 
