@@ -139,6 +139,28 @@ def test_segments_are_the_real_pipelines_calls_in_order(tiny_pipe, keyframes):
     assert np.abs(video - other).max() > 1e-3
 
 
+def test_interpolate_is_the_options_call_seeded_and_counted(tiny_pipe, keyframes):
+    """keyframes.interpolate (what interpolate, render and the nodes share): the pipeline call of
+    the options under the model's defaults, with one generator from the seed; the predictions of
+    every segment counted; side by side puts the keyframes beside each frame."""
+    from inbetweening.keyframes import interpolate
+    from inbetweening.options import SamplingOptions
+
+    k1, k2 = keyframes
+    tiny_pipe.defaults = {"num_inference_steps": 2}
+    options = SamplingOptions(frames=4, reinject=1, fps=5)
+    video = interpolate(tiny_pipe, [k1, k2], options, seed=5, loop=True)
+    kw = dict(num_inference_steps=2, num_frames=4, reinject_count=1, fps=5)
+    g = torch.Generator().manual_seed(5)
+    there = tiny_pipe(k1, k2, generator=g, output_type="np", **kw).frames[0]
+    back = tiny_pipe(k2, k1, generator=g, output_type="np", **kw).frames[0]
+    np.testing.assert_array_equal(video.frames, np.concatenate([there, back[1:-1]]))
+    assert video.fps == 5 and video.predictions == 2 * tiny_pipe.num_predictions == 2 * 3
+    side = interpolate(tiny_pipe, [k1, k2], options, seed=5, side_by_side=True)
+    assert side.frames.shape == (4, 64, 64 * 3 + 2 * 4, 3)
+    np.testing.assert_array_equal(side.frames[:, :, 68:132], there)
+
+
 # -- the CLI --------------------------------------------------------------------------------------
 
 @pytest.fixture

@@ -22,13 +22,14 @@ LAYERS = [
     ["pipeline"],
     ["loading", "keyframes"],
     # the application layer: the work commands do, then the commands, then the entry point
-    ["train_config", "training", "toy.training", "evaluation", "evaluation.*", "demo", "app"],
+    ["train_config", "training", "toy.training", "evaluation", "evaluation.*", "render",
+     "render.*", "demo", "app"],
     ["commands", "commands.*"],
     ["cli", "__main__"],
 ]
 MODEL_LAYER = {"attention", "backbones", "backward", "conditioning", "denoisers", "folders",
                "inputs", "locate", "methods", "sampling", "peers", "pipeline", "runners"}
-APPLICATION = {"cli", "app", "evaluation", "training", "demo", "commands"}
+APPLICATION = {"cli", "app", "evaluation", "training", "demo", "commands", "render"}
 
 
 def module_name(path: Path) -> str:

@@ -103,6 +103,10 @@ def test_png_folder_and_zip_names_and_pixels(tmp_path):
         with z.open(names[5]) as f:
             np.testing.assert_array_equal(np.asarray(PIL.Image.open(f).convert("RGB")),
                                           expected[5])
+        assert {i.date_time for i in z.infolist()} == {media.ZIP_DATE}
+    # The same frames make the same file, whenever they are written (render's resumed runs).
+    again = media.write_video(video, tmp_path / "again.zip", fps=7)
+    assert again.read_bytes() == archive.read_bytes()
 
 
 def test_frames_as_pil_and_uint8(tmp_path):
@@ -225,3 +229,23 @@ def test_read_image_refuses_what_is_not_an_image(tmp_path):
     PIL.Image.new("RGBA", (5, 4), (1, 2, 3, 4)).save(rgba)
     im = media.read_image(rgba)
     assert im.mode == "RGB" and im.size == (5, 4)
+
+
+def test_image_size_reads_the_header_alone(tmp_path):
+    """image_size: the size without decoding the pixels, and read_image's refusals of files
+    that are no images; a file whose pixels are cut short passes (read_image refuses it)."""
+    whole = tmp_path / "whole.png"
+    PIL.Image.fromarray(np.zeros((48, 80, 3), np.uint8) + 7).save(whole)
+    assert media.image_size(whole) == (80, 48) and media.image_size(whole).height == 48
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(whole.read_bytes()[:60])
+    assert media.image_size(cut) == (80, 48)
+    with pytest.raises(InbetweeningError, match="cut.png: cannot read image"):
+        media.read_image(cut)
+    (tmp_path / "text.png").write_text("not an image")
+    for name, words in (("text.png", "not an image file"), ("none.png", "no such file"),
+                        ("", "is a folder")):
+        with pytest.raises(InbetweeningError, match=words):
+            media.image_size(tmp_path / name)
+    with pytest.raises(InbetweeningError, match="too large"):
+        media.image_size(whole, max_pixels=80 * 47)

@@ -4,10 +4,12 @@
 
     inbetween interpolate START END -o video.mp4        # the video between two keyframes
     inbetween interpolate K1 K2 K3 --loop -o loop.gif   # through several keyframes
+    inbetween render shots.csv -o shots/                # many shots, resumable, multi-process
     inbetween convert-official FOLDER -o backward.safetensors
     inbetween train | demo | benchmark | evaluate | app  (see ``inbetween COMMAND --help``)
 
-Bad input ends with a one-line ``error: ...`` and exit status 2; nothing is written. Importing
+Bad input ends with a one-line ``error: ...`` (one line per bad row of a manifest) and exit
+status 2; nothing is written. Importing
 this module imports no deep-learning library: ``--help`` answers at once.
 """
 
@@ -16,10 +18,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .commands import app, convert, demo, evaluate, interpolate, train
+from .commands import app, convert, demo, evaluate, interpolate, render, train
 from .utils import InbetweeningError
 
-COMMAND_MODULES = (interpolate, convert, train, evaluate, demo, app)
+COMMAND_MODULES = (interpolate, render, convert, train, evaluate, demo, app)
 
 
 class Parser(argparse.ArgumentParser):
@@ -60,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except InbetweeningError as e:
-        print(f"error: {e}", file=sys.stderr)
+        for line in str(e).splitlines() or [""]:
+            print(f"error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -7,6 +7,10 @@ same image is given first and last (no extra segment is needed). The frame that 
 first keyframe at the end is dropped, so the video can play on repeat without a stutter.
 
 With ``F`` frames per segment, keyframe ``k`` lands at frame ``k * (F - 1)`` of the video.
+
+:func:`interpolate` is how ``inbetween interpolate`` (and ``inbetween render``, shot by shot) turns
+keyframes, sampling options and a seed into a video: one function, so that every front end makes
+the same frames for the same settings and seed.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from typing import Callable
 
 import numpy as np
 
-from .inputs import same_image
+from . import media
+from .inputs import check_aspects, same_image, to_pil
+from .options import SamplingOptions, check_seed
 from .utils import InbetweeningError
 
 
@@ -86,3 +92,60 @@ def inbetween_sequence(pipe, keyframes: list, *, loop: bool = False,
         segments.append(np.asarray(out[0]))
     return join_segments(segments, plan.closed)
 
+
+def check_keyframes(keyframes: list, loop: bool = False) -> Layout:
+    """Refuse, before any model is loaded, too few keyframes and keyframes of different aspect
+    ratios; returns the sequence's layout. ``keyframes``: images, arrays or tensors."""
+    plan = layout(keyframes, loop)
+    check_aspects([k if hasattr(k, "width") else to_pil(k) for k in keyframes])
+    return plan
+
+
+def check_options(pipe, options: SamplingOptions, image=None) -> dict:
+    """The settings a call of ``options`` runs with on this model (as :func:`interpolate` makes
+    it; ``image``: the first keyframe, whose shape picks an SVD model's orientation), refused
+    before any sampling when the model cannot take them: frame count, size, steps, a method that
+    needs backward weights the model does not have."""
+    from .backward import loaded_variant
+    from .methods import method
+
+    s, _ = pipe.call_settings(image=image, **options.check().call_kwargs())
+    if method(s["method"]).needs_backward_weights and loaded_variant(pipe.unet) is None:
+        raise InbetweeningError(f"method {s['method']!r} needs backward weights (--backward "
+                                "FILE, or a model folder with backward.safetensors)")
+    pipe.check_inputs(s["height"], s["width"], s["num_frames"], s["method"],
+                      s["num_inference_steps"], s["sampler"], s["reinject_at"])
+    return s
+
+
+@dataclass(frozen=True)
+class Video:
+    """A video made by :func:`interpolate`: ``frames`` (F, H, W, 3) float in [0, 1], the frame
+    rate to play it at, and the UNet predictions it took (all segments)."""
+
+    frames: np.ndarray
+    fps: int
+    predictions: int
+
+
+def interpolate(pipe, keyframes: list, options: SamplingOptions | None = None, *, seed: int,
+                loop: bool = False, side_by_side: bool = False,
+                on_segment: Callable[[int, int], None] | None = None, **call) -> Video:
+    """The video through ``keyframes`` as ``inbetween interpolate`` makes it: the pipeline call of
+    ``options`` (the pipeline resolves what they leave unset: ``pipe.call_settings``), every
+    segment's noise from one generator seeded with ``seed``; with ``side_by_side`` the first and
+    last keyframes are shown beside each frame. ``call``: more pipeline arguments (e.g.
+    ``callback_on_step_end``)."""
+    import torch
+
+    options = (options or SamplingOptions()).check()
+    kw = options.call_kwargs()
+    settings, _ = pipe.call_settings(image=keyframes[0], **kw)
+    generator = torch.Generator().manual_seed(check_seed(seed))
+    segments = len(layout(keyframes, loop).pairs)
+    frames = inbetween_sequence(pipe, keyframes, loop=loop, generator=generator,
+                                on_segment=on_segment, **kw, **call)
+    predictions = pipe.num_predictions * segments
+    if side_by_side:
+        frames = media.side_by_side(frames, [to_pil(keyframes[0]), to_pil(keyframes[-1])])
+    return Video(frames=frames, fps=settings["fps"], predictions=predictions)

@@ -42,6 +42,19 @@ def parse_dtype(name: str | None, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
+def distributed_state(device: str | None = None):
+    """This process's place among those started by ``accelerate launch`` or ``torchrun``
+    (accelerate's ``PartialState``: ``process_index``, ``num_processes``, ``device``,
+    ``wait_for_everyone()``); one process of one when started alone. The processes run on the
+    CPU when ``device`` is ``"cpu"``, or when it is not given and there is no GPU."""
+    from datetime import timedelta
+
+    from accelerate import PartialState
+
+    cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
+    return PartialState(cpu=cpu, timeout=timedelta(hours=24))
+
+
 def tiny_random_components(num_frames: int = 8, seed: int = 0) -> dict:
     """An untrained SVD of the toy model's shapes: what commands run on when no trained model is
     available (they say so)."""

@@ -8,6 +8,7 @@ import os
 import warnings
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import PIL.Image
@@ -17,16 +18,13 @@ from .utils import InbetweeningError, atomic_path, check_target
 WRITABLE_VIDEOS = (".mp4", ".gif", ".webp")  # (and .zip of PNG frames, or a folder of them)
 READABLE_VIDEOS = (".mp4", ".webm", ".gif", ".mov", ".mkv", ".avi")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the date of every frame in a zip (the earliest zip allows)
 
 
 def read_image(path: str | os.PathLike, max_pixels: int | None = 64_000_000) -> PIL.Image.Image:
     """An image file as 8-bit RGB, or a one-line InbetweeningError saying why not. 16-bit and
     floating-point images are scaled to 8 bits, not clipped."""
-    path = Path(path)
-    if not path.exists():
-        raise InbetweeningError(f"{path}: no such file")
-    if path.is_dir():
-        raise InbetweeningError(f"{path} is a folder, not an image")
+    path = _image_file(path)
     limit = max_pixels or PIL.Image.MAX_IMAGE_PIXELS
     too_large = f"{path}: the image is too large (at most {limit:,} pixels)"
     try:
@@ -45,8 +43,48 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = 64_000_000) -> 
     except PIL.UnidentifiedImageError:
         raise InbetweeningError(f"{path}: not an image file") from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:  # PIL's ways of saying "corrupt"
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
-        raise InbetweeningError(f"{path}: cannot read image ({first})") from None
+        raise _cannot_read(path, e) from None
+
+
+def _image_file(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise InbetweeningError(f"{path}: no such file")
+    if path.is_dir():
+        raise InbetweeningError(f"{path} is a folder, not an image")
+    return path
+
+
+class ImageSize(NamedTuple):
+    width: int
+    height: int
+
+
+def image_size(path: str | os.PathLike, max_pixels: int | None = 64_000_000) -> ImageSize:
+    """An image file's size from its header alone (nothing decoded: quick, for checking many
+    files before any work), or a one-line InbetweeningError: no such file, not an image, too
+    large. A file whose pixels are damaged passes; :func:`read_image` finds that out."""
+    path = _image_file(path)
+    limit = max_pixels or PIL.Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
+            with PIL.Image.open(path) as im:
+                size = ImageSize(im.width, im.height)
+    except PIL.Image.DecompressionBombError:
+        size = None
+    except PIL.UnidentifiedImageError:
+        raise InbetweeningError(f"{path}: not an image file") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise _cannot_read(path, e) from None
+    if size is None or size.width * size.height > limit:
+        raise InbetweeningError(f"{path}: the image is too large (at most {limit:,} pixels)")
+    return size
+
+
+def _cannot_read(path: Path, e: Exception) -> InbetweeningError:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+    return InbetweeningError(f"{path}: cannot read image ({first})")
 
 
 def _to_rgb8(im: PIL.Image.Image, path: Path) -> PIL.Image.Image:
@@ -169,7 +207,10 @@ def write_video(frames, path: str | os.PathLike, fps: float = 7, *,
                 for i, a in enumerate(arrays):
                     buf = io.BytesIO()
                     PIL.Image.fromarray(a).save(buf, format="PNG")
-                    z.writestr(frame_name(i), buf.getvalue())
+                    # (a fixed date: the same frames make the same file, byte for byte)
+                    info = zipfile.ZipInfo(frame_name(i), date_time=ZIP_DATE)
+                    info.external_attr = 0o600 << 16  # (what writestr gives a name)
+                    z.writestr(info, buf.getvalue())
         else:
             tmp.mkdir()
             for i, a in enumerate(arrays):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import json
 import os
 import re
 import shutil
 import tempfile
+import typing
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -203,6 +205,14 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def field_type(cls, f: dataclasses.Field) -> type:
+    """int, float, str or bool: the type a dataclass field's value is read as from text (the
+    command line, a manifest); other types (tuples: fields with their own ``parse``) are str."""
+    hint = typing.get_type_hints(cls)[f.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    return args[0] if args[0] in (int, float, str, bool) else str
 
 
 def mix_seed(seed: int, *keys: int, scale: int = 7_919, offset: int = 12_345) -> int:

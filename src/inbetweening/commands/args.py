@@ -11,16 +11,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import typing
 
-from ..utils import InbetweeningError
-
-
-def _scalar_type(cls, f: dataclasses.Field):
-    """int, float or str: the type argparse converts a field's value to."""
-    hint = typing.get_type_hints(cls)[f.name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
-    return args[0] if args[0] in (int, float, str, bool) else str
+from ..utils import InbetweeningError, field_type
 
 
 def add_dataclass_args(parser: argparse.ArgumentParser, cls, defaults=None,
@@ -44,7 +36,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, defaults=None,
             flags.insert(0, meta["short"])
         default = getattr(defaults, f.name)
         help_text = meta.get("help", "")
-        kind = _scalar_type(cls, f)
+        kind = field_type(cls, f)
         if kind is bool:
             if default:
                 where.add_argument(meta["negate"], dest=f.name, action="store_false",

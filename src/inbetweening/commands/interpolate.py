@@ -9,22 +9,21 @@ from ..options import check_seed
 from .common import add_model_args, add_sampling_args, sampling_options
 
 
-def seed_generator(seed: int | None):
-    """A generator seeded with ``seed``; without one, a random seed that is printed."""
-    import torch
-
+def pick_seed(seed: int | None) -> int:
+    """``seed`` checked; without one, a random seed that is printed."""
     if seed is None:
+        import torch
+
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
         print(f"seed {seed}")
-    return torch.Generator().manual_seed(check_seed(seed))
+    return check_seed(seed)
 
 
 def run(args) -> None:
     from .. import media
-    from ..keyframes import inbetween_sequence, layout
+    from ..keyframes import check_keyframes, interpolate
     from ..loading import load_pipeline
     from ..locate import model_inputs
-    from ..inputs import check_aspects
 
     options = sampling_options(args)
     if args.seed is not None:
@@ -32,29 +31,24 @@ def run(args) -> None:
     inputs = [*args.keyframes, *model_inputs(args.model, args.backward)]
     media.check_output(args.output, args.overwrite, inputs)
     images = [media.read_image(p) for p in args.keyframes]
-    layout(images, args.loop)  # too few keyframes: refused before the model is loaded
-    check_aspects(images)
+    check_keyframes(images, args.loop)  # refused before the model is loaded
     pipe = load_pipeline(args.model, args.backward, args.device, args.dtype,
                          compile=args.compile)
-    kw = options.call_kwargs()
-    settings, notes = pipe.call_settings(image=images[0], **kw)
-    for note in notes:
+    for note in pipe.call_settings(image=images[0], **options.call_kwargs())[1]:
         print(f"note: {note}", file=sys.stderr)
-    generator = seed_generator(args.seed)
+    seed = pick_seed(args.seed)
     t0 = time.time()
 
     def on_segment(i, n):
         if n > 1:
             print(f"segment {i + 1}/{n}")
 
-    video = inbetween_sequence(pipe, images, loop=args.loop, generator=generator,
-                               on_segment=on_segment, **kw)
-    if args.side_by_side:
-        video = media.side_by_side(video, images)
-    media.write_video(video, args.output, fps=settings["fps"], overwrite=args.overwrite,
+    video = interpolate(pipe, images, options, seed=seed, loop=args.loop,
+                        side_by_side=args.side_by_side, on_segment=on_segment)
+    media.write_video(video.frames, args.output, fps=video.fps, overwrite=args.overwrite,
                       inputs=inputs)
-    h, w = video.shape[1:3]
-    print(f"wrote {args.output} ({len(video)} frames, {w}x{h}, {time.time() - t0:.1f} s)")
+    h, w = video.frames.shape[1:3]
+    print(f"wrote {args.output} ({len(video.frames)} frames, {w}x{h}, {time.time() - t0:.1f} s)")
 
 
 def add_command(sub) -> None:

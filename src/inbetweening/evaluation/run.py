@@ -23,14 +23,6 @@ from .scoring import (
 from .sets import BenchmarkSet, load_set
 
 
-def _distributed_state(cpu: bool):
-    from datetime import timedelta
-
-    from accelerate import PartialState
-
-    return PartialState(cpu=cpu, timeout=timedelta(hours=24))
-
-
 def _options(options) -> SamplingOptions:
     if isinstance(options, SamplingOptions):
         return options.check()
@@ -157,7 +149,7 @@ def evaluate(set_path, methods, out, *, model=None, backward=None, device=None, 
     options (:class:`~inbetweening.options.SamplingOptions`, or a dict of its fields); the
     method, frame count and size come from the set. ``on_record(method, pair_id)`` is called
     after each record is written. ``compile``: ``torch.compile`` the UNet."""
-    import torch
+    from ..loading import distributed_state
 
     bset = load_set(set_path)
     methods = parse_methods(methods if isinstance(methods, str) else ",".join(methods))
@@ -167,8 +159,7 @@ def evaluate(set_path, methods, out, *, model=None, backward=None, device=None, 
     settings = _settings(bset, model, backward, seed, options)
     _check_results_folder(out, settings, overwrite,
                           [bset.root, *model_inputs(model, backward)])
-    cpu = device in ("cpu",) or (device is None and not torch.cuda.is_available())
-    state = _distributed_state(cpu)
+    state = distributed_state(device)
     pipe = _load_model(methods, bset, options, model, backward, device, dtype, state, quiet,
                        compile)
 
