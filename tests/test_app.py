@@ -147,7 +147,7 @@ def test_bad_requests_get_a_message_and_the_app_keeps_serving(app, keys, tmp_pat
     cases = {
         "upload at least two keyframes": ([keys[0]], {}),
         "different aspect ratios": ([keys[0], wide], {}),
-        "not a multiple of 64": (keys[:2], {"size": "65x64"}),
+        "not a multiple of 8": (keys[:2], {"size": "65x64"}),
         "size must look like": (keys[:2], {"size": "big"}),
         "this model takes 3 to 12 frames": (keys[:2], {"frames": 40}),
         "steps must be a number": (keys[:2], {"steps": None}),

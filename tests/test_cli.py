@@ -81,7 +81,7 @@ def test_compile_sampler_and_peer_method_options(files, model_args, tmp_path, mo
     ("missing", "no such file"),
     ("text", "not an image file"),
     ("aspect", "different aspect ratios"),
-    ("size", "multiple of 64"),
+    ("size", "multiple of 8"),
     ("frames", "frames"),
     ("exists", "already exists"),
     ("suffix", "must end in"),

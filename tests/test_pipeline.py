@@ -176,7 +176,7 @@ def test_callback_on_step_end_and_linear_fuse(tiny_pipe, keyframes):
 
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(height=60), "multiple of 64"),
+    (dict(height=60), "multiple of 8"),
     (dict(num_frames=2), "3 to 12 frames"),
     (dict(num_frames=13), "3 to 12 frames"),
     (dict(method="nope"), "unknown method"),

@@ -321,7 +321,7 @@ class InbetweenApp:
                         method = gr.Dropdown([(f"{m.name}: {m.label}", m.name)
                                               for m in METHOD_RECORDS.values()],
                                              value=d["method"], label="Method", elem_id="method")
-                        size = gr.Textbox(d["size"], label="Size (WxH, multiples of 64)",
+                        size = gr.Textbox(d["size"], label="Size (WxH, multiples of 8)",
                                           elem_id="size")
                     with gr.Row():
                         frames = gr.Slider(3, self.max_frames(), value=d["frames"], step=1,

@@ -128,12 +128,13 @@ class Video:
     predictions: int
 
 
-def interpolate(pipe, keyframes: list, options: SamplingOptions | None = None, *, seed: int,
+def interpolate(pipe, keyframes: list, options: SamplingOptions | None = None, *, seed,
                 loop: bool = False, side_by_side: bool = False,
                 on_segment: Callable[[int, int], None] | None = None, **call) -> Video:
     """The video through ``keyframes`` as ``inbetween interpolate`` makes it: the pipeline call of
     ``options`` (the pipeline resolves what they leave unset: ``pipe.call_settings``), every
-    segment's noise from one generator seeded with ``seed``; with ``side_by_side`` the first and
+    segment's noise from one generator seeded with ``seed`` (or from ``seed`` itself, a generator
+    that several videos draw from in turn); with ``side_by_side`` the first and
     last keyframes are shown beside each frame. ``call``: more pipeline arguments (e.g.
     ``callback_on_step_end``)."""
     import torch
@@ -141,7 +142,8 @@ def interpolate(pipe, keyframes: list, options: SamplingOptions | None = None, *
     options = (options or SamplingOptions()).check()
     kw = options.call_kwargs()
     settings, _ = pipe.call_settings(image=keyframes[0], **kw)
-    generator = torch.Generator().manual_seed(check_seed(seed))
+    generator = (seed if isinstance(seed, torch.Generator)
+                 else torch.Generator().manual_seed(check_seed(seed)))
     segments = len(layout(keyframes, loop).pairs)
     frames = inbetween_sequence(pipe, keyframes, loop=loop, generator=generator,
                                 on_segment=on_segment, **kw, **call)

@@ -87,6 +87,24 @@ def _quiet_loading():
         tlog.set_verbosity(levels[1])
 
 
+def load_failure(source, error: Exception) -> str:
+    """One line saying why ``source`` (a folder or a hub id) did not load: the first line of the
+    loader's message, without its own repetition of the name or its pointer to a stack trace that
+    the user does not see."""
+    import re
+
+    why = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    why = why.replace(f"Cannot load model {source}: ", "")
+    why = re.sub(r"\s*(and an error occurred while trying to fetch metadata from the Hub\. )?"
+                 r"Please check out the root cause in the stacktrace above\.?", "", why).rstrip()
+    if isinstance(source, str) and "cached" in why:
+        why = ("not in the local cache, and the model hub was not asked (offline: "
+               "HF_HUB_OFFLINE) or could not be reached; download it once online, or give a "
+               "local folder")
+    where = "the model hub" if isinstance(source, str) else "its folder"
+    return f"cannot load model {source} from {where}: {why}"
+
+
 def load_pipeline(model=None, backward=None, device=None, dtype=None, *, quiet: bool = False,
                   allow_random: bool = True, compile: bool = False):
     """An :class:`InbetweenPipeline` on ``device`` in ``dtype``.
@@ -117,8 +135,7 @@ def load_pipeline(model=None, backward=None, device=None, dtype=None, *, quiet: 
         except InbetweeningError:
             raise
         except (OSError, ValueError, EnvironmentError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise InbetweeningError(f"cannot load model {source}: {first}") from None
+            raise InbetweeningError(load_failure(source, e)) from None
     with _quiet_loading():
         pipe.to(dev, dt)
     if compile:

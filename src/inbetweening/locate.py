@@ -85,6 +85,24 @@ def model_inputs(model: str | os.PathLike | None = None,
     return found
 
 
+def check_backward(spec: str | os.PathLike | None) -> None:
+    """Refuse, before anything is loaded, backward weights that are neither a local file nor a
+    model-hub name (which is looked up when the model loads: :func:`resolve_backward`)."""
+    if spec in (None, "") or Path(spec).is_file() or _hub_file(str(spec)) is not None:
+        return
+    raise InbetweeningError(f"backward weights file not found: {spec}")
+
+
+def _hub_file(text: str) -> tuple[str, str] | None:
+    """(repository, file) of a model-hub name of backward weights (``owner/name``: its
+    backward.safetensors; ``owner/name/path/in/the/repo.safetensors``), or None."""
+    parts = text.split("/")
+    if (len(parts) >= 2 and all(parts) and not text.startswith((".", "~"))
+            and (len(parts) == 2 or text.endswith(".safetensors"))):
+        return "/".join(parts[:2]), "/".join(parts[2:]) or WEIGHTS_FILENAME
+    return None
+
+
 def resolve_backward(spec: str | os.PathLike) -> Path:
     """A backward-weights file: a local file, else from the model hub (through huggingface_hub,
     its cache and its ``HF_HUB_OFFLINE``) ``owner/name`` (that repository's
@@ -92,13 +110,8 @@ def resolve_backward(spec: str | os.PathLike) -> Path:
     path = Path(spec)
     if path.is_file():
         return path
-    text = str(spec)
-    parts = text.split("/")
-    hub_like = (len(parts) >= 2 and all(parts) and not text.startswith((".", "~"))
-                and (len(parts) == 2 or text.endswith(".safetensors")))
-    if not hub_like:
-        raise InbetweeningError(f"backward weights file not found: {spec}")
-    repo, filename = "/".join(parts[:2]), "/".join(parts[2:]) or WEIGHTS_FILENAME
+    check_backward(spec)
+    repo, filename = _hub_file(str(spec))
     try:
         from huggingface_hub import hf_hub_download
 

@@ -25,13 +25,18 @@ REINJECT_PLACES = ("first", "middle", "alternate")
 FUSES = ("average", "linear")
 # The range of each whole-number option: beyond these a run would never end or make no video.
 LIMITS = {"frames": (3, 1024), "steps": (1, 1000), "fps": (1, 240), "reinject": (0, 50),
-          "max_unet_batch": (1, 1 << 20), "decode_chunk": (1, 1 << 20)}
+          "max_unet_batch": (1, 1 << 20), "decode_chunk": (1, 1 << 20),
+          "motion_bucket_id": (0, 1023)}
 MAX_GUIDANCE = 100.0
 DUAL_PASSES = ("fused", "reference")
+FITS = ("crop", "stretch")
+# Sizes are multiples of the VAE's 8 pixels per latent cell (SVD's and the toy models').
+SIZE_MULTIPLE = 8
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
-    """'WxH' -> (width, height), both positive multiples of 64; None or '' -> None."""
+    """'WxH' -> (width, height), both positive multiples of 8 (a VAE's latent cell); None or ''
+    -> None."""
     if text in (None, ""):
         return None
     try:
@@ -39,8 +44,9 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     except ValueError:
         raise InbetweeningError(f"size must look like 1024x576 (width x height), not {text!r}") \
             from None
-    if w <= 0 or h <= 0 or w % 64 or h % 64:
-        raise InbetweeningError(f"size {w}x{h} is not a multiple of 64 in both sides")
+    if w <= 0 or h <= 0 or w % SIZE_MULTIPLE or h % SIZE_MULTIPLE:
+        raise InbetweeningError(f"size {w}x{h} is not a multiple of {SIZE_MULTIPLE} in both "
+                                "sides")
     return w, h
 
 
@@ -83,9 +89,18 @@ class SamplingOptions:
     steps: int | None = field(default=None, metadata=_help(
         "denoising steps (default: the model's recommendation, else 50)"))
     size: tuple[int, int] | None = field(default=None, metadata=_help(
-        "WxH, multiples of 64 (default: the model's)", parse=parse_size))
+        "WxH, multiples of 8 (default: the model's; SVD's 1024x576, portrait for a portrait "
+        "first keyframe)", parse=parse_size))
+    fit: str | None = field(default=None, metadata=_help(
+        "crop (default: keyframes centre-cropped to the size's aspect ratio) or stretch",
+        choices=FITS))
     fps: int | None = field(default=None, metadata=_help(
         "frame rate of the output and of the UNet's fps conditioning (default 7)"))
+    motion_bucket_id: int | None = field(default=None, metadata=_help(
+        "SVD's motion conditioning: more motion when higher (default 127)"))
+    noise_aug_strength: float | None = field(default=None, metadata=_help(
+        "noise added to the keyframes before they condition the model: more freedom when higher "
+        "(default 0.02)"))
     guidance: tuple[float, float] | None = field(default=None, metadata=_help(
         "MIN,MAX per-frame guidance (default 1,3; 1,1 turns CFG off)", parse=parse_guidance))
     reinject: int | None = field(default=None, metadata=_help(
@@ -125,6 +140,9 @@ class SamplingOptions:
             if value is not None and not lo <= value <= hi:
                 raise InbetweeningError(f"{name.replace('_', '-')} must be between {lo} and {hi}, "
                                         f"not {value}")
+        if self.noise_aug_strength is not None and not 0 <= self.noise_aug_strength <= 10:
+            raise InbetweeningError(f"noise-aug-strength must be between 0 and 10, not "
+                                    f"{self.noise_aug_strength}")
         if self.reinject_fraction is not None and not 0 <= self.reinject_fraction <= 1:
             raise InbetweeningError(f"reinject-fraction must be between 0 and 1, not "
                                     f"{self.reinject_fraction}")
@@ -133,7 +151,7 @@ class SamplingOptions:
             if not (0 <= lo <= MAX_GUIDANCE and 0 <= hi <= MAX_GUIDANCE):
                 raise InbetweeningError(f"guidance scales must be between 0 and {MAX_GUIDANCE}, "
                                         f"not {lo},{hi}")
-        for name, allowed in (("fuse", FUSES), ("sampler", SAMPLER_NAMES),
+        for name, allowed in (("fuse", FUSES), ("sampler", SAMPLER_NAMES), ("fit", FITS),
                               ("reinject_at", REINJECT_PLACES), ("dual_pass", DUAL_PASSES)):
             value = getattr(self, name)
             if value is not None and value not in allowed:
@@ -149,7 +167,8 @@ class SamplingOptions:
                   dual_pass=self.dual_pass, reinject_count=self.reinject,
                   reinject_fraction=self.reinject_fraction, reinject_at=self.reinject_at,
                   sampler=self.sampler, max_unet_batch=self.max_unet_batch,
-                  decode_chunk_size=self.decode_chunk)
+                  decode_chunk_size=self.decode_chunk, motion_bucket_id=self.motion_bucket_id,
+                  noise_aug_strength=self.noise_aug_strength, fit=self.fit)
         if self.size is not None:
             kw["width"], kw["height"] = self.size
         if self.guidance is not None:

@@ -264,8 +264,10 @@ class InbetweenPipeline(ModelFolder, KeyframeCodec, DiffusionPipeline):
         if reinject_at not in REINJECT_PLACES:
             raise InbetweeningError(f"reinject_at must be one of {', '.join(REINJECT_PLACES)}, "
                                     f"not {reinject_at!r}")
-        if height % 64 or width % 64 or height <= 0 or width <= 0:
-            raise InbetweeningError(f"size {width}x{height} is not a multiple of 64 in both sides")
+        f = self.vae_scale_factor
+        if height % f or width % f or height <= 0 or width <= 0:
+            raise InbetweeningError(f"size {width}x{height} is not a multiple of {f} (the VAE's "
+                                    "pixels per latent cell) in both sides")
         trained = self.unet.config.num_frames
         if not 3 <= num_frames <= 2 * trained:
             raise InbetweeningError(

@@ -53,7 +53,7 @@ class TrainConfig:
         "frames per clip (default: the model's)", group="data"))
     stride: int = field(default=2, metadata=_opt("take every stride-th frame", group="data"))
     size: tuple[int, int] | None = field(default=None, metadata=_opt(  # (width, height)
-        "WxH, multiples of 64 (default: 1024x576 for an SVD model, as published; another "
+        "WxH, multiples of 8 (default: 1024x576 for an SVD model, as published; another "
         "model's own size)", parse=parse_size, group="data"))
     clips: str = field(default="random", metadata=_opt(
         "random (published): every sample a random window of a video, its latents a fresh "

@@ -63,7 +63,7 @@ def add_command(sub) -> None:
                       help="pairs taken from each video, spread over it (default 1)")
     make.add_argument("--frames", type=int, default=None,
                       help="frames of the true clip, keyframes included (default: the model's)")
-    make.add_argument("--size", default=None, help="WxH, multiples of 64 (default: the model's)")
+    make.add_argument("--size", default=None, help="WxH, multiples of 8 (default: the model's)")
     make.add_argument("--model", default=None, help="model whose frame count and size to use "
                                                     "(default: the bundled toy model)")
     make.add_argument("--overwrite", action="store_true")
