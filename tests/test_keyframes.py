@@ -10,8 +10,11 @@ import pytest
 import torch
 
 from inbetweening import cli, media
-from inbetweening.keyframes import inbetween_sequence, join_segments, layout
-from inbetweening.loading import bundled_model
+from inbetweening.keyframes import (
+    inbetween_sequence, interpolate_keyframes, join_segments, layout,
+)
+from inbetweening.loading import bundled_model, load_pipeline
+from inbetweening.options import SamplingOptions
 from inbetweening.pipeline import InbetweenPipelineOutput, to_pil
 from inbetweening.utils import InbetweeningError
 
@@ -138,6 +141,31 @@ def test_segments_are_the_real_pipelines_calls_in_order(tiny_pipe, keyframes):
     assert np.abs(video - other).max() > 1e-3
 
 
+def test_interpolate_keyframes_is_the_options_call_with_a_seeded_cpu_generator(tiny_pipe,
+                                                                             keyframes):
+    """The shared core of `interpolate` (and of the ComfyUI nodes): the options over the model's
+    recommendations, a CPU generator of the seed, extra call arguments over both; options and
+    seed are checked before any sampling."""
+    k1, k2 = keyframes
+    tiny_pipe.defaults = {"num_inference_steps": 3, "reinject_count": 1, "fps": 5}
+    options = SamplingOptions(steps=2, frames=4, size=(64, 64))
+    video, kw = interpolate_keyframes(tiny_pipe, [k1, k2], options, 9)
+    assert kw == {**tiny_pipe.defaults, "num_inference_steps": 2, "num_frames": 4, "width": 64,
+                  "height": 64, "method": "gi"}
+    want = inbetween_sequence(tiny_pipe, [k1, k2], generator=torch.Generator().manual_seed(9),
+                              **kw)
+    np.testing.assert_array_equal(video, want)
+    steps = []
+    bucket, _ = interpolate_keyframes(
+        tiny_pipe, [k1, k2], options, 9, motion_bucket_id=30,
+        callback_on_step_end=lambda pipe, i, t, x: steps.append(i) or {})
+    assert steps == [0, 1] and np.abs(bucket - video).max() > 1e-4
+    with pytest.raises(InbetweeningError, match="seed"):
+        interpolate_keyframes(tiny_pipe, [k1, k2], options, -1)
+    with pytest.raises(InbetweeningError, match="steps"):
+        interpolate_keyframes(tiny_pipe, [k1, k2], options.replace(steps=0), 9)
+
+
 # -- the CLI --------------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -179,6 +207,20 @@ def test_cli_three_keyframes_loop_and_side_by_side(tiny_model_dir, keyframe_file
     # (random-noise keyframes lose a little to the gif palette)
     assert np.abs(left - first).mean() < 0.5 * np.abs(left - last).mean()
     assert np.abs(right - last).mean() < 0.5 * np.abs(right - first).mean()
+
+
+def test_cli_frames_are_interpolate_keyframes_frames(tiny_model_dir, keyframe_files, tmp_path):
+    """The PNG frames `interpolate` writes are the shared core's video, as 8-bit values."""
+    model, weights = tiny_model_dir / "model", tiny_model_dir / "backward.safetensors"
+    out = tmp_path / "frames"
+    assert run_cli("interpolate", *keyframe_files[:2], "-o", out, "--model", model, "--backward",
+                   weights, "--steps", "2", "--reinject", "1", "--seed", "4", "--device",
+                   "cpu") == 0
+    written, _ = media.read_video(out)
+    pipe = load_pipeline(model, weights, "cpu", quiet=True)
+    images = [media.read_image(p) for p in keyframe_files[:2]]
+    video, _ = interpolate_keyframes(pipe, images, SamplingOptions(steps=2, reinject=1), 4)
+    np.testing.assert_array_equal(written, np.stack(media.as_uint8(video)))
 
 
 def test_cli_keyframe_errors_write_nothing(tiny_model_dir, keyframe_files, tmp_path, capsys):

@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .options import SamplingOptions, check_seed
 from .utils import InbetweeningError
 
 
@@ -95,3 +96,21 @@ def inbetween_sequence(pipe, keyframes: list, *, loop: bool = False,
         segments.append(np.asarray(out[0]))
     return join_segments(segments, plan.closed)
 
+
+
+def interpolate_keyframes(pipe, keyframes: list, options: SamplingOptions, seed: int, *,
+                          loop: bool = False,
+                          on_segment: Callable[[int, int], None] | None = None,
+                          **call) -> tuple[np.ndarray, dict]:
+    """The video through ``keyframes`` exactly as ``inbetween interpolate`` makes it: the
+    pipeline arguments of ``options`` (checked) over the model's recommendations
+    (``pipe.defaults``), every draw from a CPU generator seeded with ``seed``, segments joined by
+    :func:`inbetween_sequence`. ``call``: more pipeline arguments (``callback_on_step_end``,
+    ``motion_bucket_id`` ...), over those. Every front end that promises the CLI's frames (the
+    ComfyUI nodes) calls this. Returns the (F, H, W, 3) video in [0, 1] and the arguments of
+    each segment's call (``fps`` among them)."""
+    kw = options.check().call_kwargs(pipe.defaults)
+    generator = torch.Generator().manual_seed(check_seed(seed))
+    video = inbetween_sequence(pipe, keyframes, loop=loop, generator=generator,
+                               on_segment=on_segment, **{**kw, **call})
+    return video, kw

@@ -8,19 +8,19 @@ from ..options import check_seed
 from .common import add_model_args, add_sampling_args, sampling_options
 
 
-def seed_generator(seed: int | None):
-    """A generator seeded with ``seed``; without one, a random seed that is printed."""
+def pick_seed(seed: int | None) -> int:
+    """``seed``, checked; without one, a random seed that is printed."""
     import torch
 
     if seed is None:
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
         print(f"seed {seed}")
-    return torch.Generator().manual_seed(check_seed(seed))
+    return check_seed(seed)
 
 
 def run(args) -> None:
     from .. import media
-    from ..keyframes import inbetween_sequence, layout
+    from ..keyframes import interpolate_keyframes, layout
     from ..loading import load_pipeline
     from ..pipeline import check_aspects
 
@@ -33,16 +33,15 @@ def run(args) -> None:
     check_aspects(images)
     pipe = load_pipeline(args.model, args.backward, args.device, args.dtype,
                          compile=args.compile)
-    kw = options.call_kwargs(pipe.defaults)
-    generator = seed_generator(args.seed)
+    seed = pick_seed(args.seed)
     t0 = time.time()
 
     def on_segment(i, n):
         if n > 1:
             print(f"segment {i + 1}/{n}")
 
-    video = inbetween_sequence(pipe, images, loop=args.loop, generator=generator,
-                               on_segment=on_segment, **kw)
+    video, kw = interpolate_keyframes(pipe, images, options, seed, loop=args.loop,
+                                      on_segment=on_segment)
     if args.side_by_side:
         video = media.side_by_side(video, images)
     media.write_video(video, args.output, fps=kw["fps"], overwrite=args.overwrite,
