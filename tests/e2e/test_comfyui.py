@@ -3,10 +3,10 @@ on a free port with a base folder of its own, driven over its HTTP and websocket
 
 The nodes are listed in /object_info; the example workflow (API format) on the bundled toy model
 makes 8 frames whose first and last are the keyframes, saved as PNGs equal to the CLI's frames
-for the same seed and as an mp4 of 8 frames; the progress bar counts the steps; bad input is a
-node error carrying our one-line message and the server goes on; Cancel stops a running sampler
-within a step; the UI-format workflow is the API one, and a screenshot of it after a run in
-ComfyUI's page is taken (headless Chromium).
+for the same seed and as an mp4 of 8 frames; the progress bar counts the steps; a batch of
+keyframes with loop gives the CLI's loop; bad input is a node error carrying our one-line message
+and the server goes on; Cancel stops a running sampler early; the UI-format workflow is the API
+one, and a screenshot of it after a run in ComfyUI's page is taken (headless Chromium).
 
 Runs only where `make comfyui-e2e` set ComfyUI up (INBETWEENING_COMFYUI_E2E=1,
 INBETWEENING_COMFYUI_DIR: the unpacked ComfyUI, INBETWEENING_COMFYUI_PYTHON: the Python of its
@@ -246,6 +246,29 @@ def test_example_workflow_makes_the_clis_frames(comfy, tmp_path):
                     "-o", str(out), "--seed", "42", "--device", "cpu"], check=True)
     cli_frames, _ = media.read_video(out)
     np.testing.assert_array_equal(np.stack(frames), cli_frames)
+
+
+def test_a_keyframe_batch_with_loop_makes_the_clis_loop(comfy, tmp_path):
+    """Two keyframes as one IMAGE batch (core ImageBatch) into `start`, no `end`, loop: the
+    CLI's `interpolate A B --loop` (two segments, the closing frame dropped), frame for frame."""
+    from inbetweening import media
+
+    workflow = example(start=["8", 0], loop=True, steps=2, seed=3)
+    del workflow[SAMPLER]["inputs"]["end"], workflow["6"], workflow["7"]
+    workflow["8"] = {"class_type": "ImageBatch", "inputs": {"image1": ["1", 0],
+                                                            "image2": ["2", 0]}}
+    workflow["5"]["inputs"]["filename_prefix"] = "loop/frame"
+    entry = finished(comfy, post(comfy, workflow))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    frames = np.stack([np.asarray(PIL.Image.open(p).convert("RGB"))
+                       for p in output_files(comfy, entry, "5", "images")])
+    assert frames.shape == (14, 64, 64, 3)  # 2 segments of 8 frames, shared ends once
+    out = tmp_path / "cli"
+    subprocess.run([sys.executable, "-m", "inbetweening.cli", "interpolate",
+                    *[str(PACK / "example_workflows" / n) for n in KEYFRAMES], "--loop",
+                    "--steps", "2", "-o", str(out), "--seed", "3", "--device", "cpu"],
+                   check=True)
+    np.testing.assert_array_equal(frames, media.read_video(out)[0])
 
 
 def test_ui_workflow_is_the_api_workflow_and_a_screenshot(comfy, tmp_path):
