@@ -248,29 +248,6 @@ def test_example_workflow_makes_the_clis_frames(comfy, tmp_path):
     np.testing.assert_array_equal(np.stack(frames), cli_frames)
 
 
-def test_a_keyframe_batch_with_loop_makes_the_clis_loop(comfy, tmp_path):
-    """Two keyframes as one IMAGE batch (core ImageBatch) into `start`, no `end`, loop: the
-    CLI's `interpolate A B --loop` (two segments, the closing frame dropped), frame for frame."""
-    from inbetweening import media
-
-    workflow = example(start=["8", 0], loop=True, steps=2, seed=3)
-    del workflow[SAMPLER]["inputs"]["end"], workflow["6"], workflow["7"]
-    workflow["8"] = {"class_type": "ImageBatch", "inputs": {"image1": ["1", 0],
-                                                            "image2": ["2", 0]}}
-    workflow["5"]["inputs"]["filename_prefix"] = "loop/frame"
-    entry = finished(comfy, post(comfy, workflow))
-    assert entry["status"]["status_str"] == "success", entry["status"]
-    frames = np.stack([np.asarray(PIL.Image.open(p).convert("RGB"))
-                       for p in output_files(comfy, entry, "5", "images")])
-    assert frames.shape == (14, 64, 64, 3)  # 2 segments of 8 frames, shared ends once
-    out = tmp_path / "cli"
-    subprocess.run([sys.executable, "-m", "inbetweening.cli", "interpolate",
-                    *[str(PACK / "example_workflows" / n) for n in KEYFRAMES], "--loop",
-                    "--steps", "2", "-o", str(out), "--seed", "3", "--device", "cpu"],
-                   check=True)
-    np.testing.assert_array_equal(frames, media.read_video(out)[0])
-
-
 def test_ui_workflow_is_the_api_workflow_and_a_screenshot(comfy, tmp_path):
     """In ComfyUI's page: the UI-format example turns into the API-format one; run from the page
     (right after the same workflow ran through the API: ComfyUI answers from its cache) it shows
@@ -308,6 +285,29 @@ def test_ui_workflow_is_the_api_workflow_and_a_screenshot(comfy, tmp_path):
     if os.environ.get("INBETWEENING_COMFYUI_SCREENSHOT"):
         shutil.copy(shot, os.environ["INBETWEENING_COMFYUI_SCREENSHOT"])
     print(f"\nscreenshot: {shot}")
+
+
+def test_a_keyframe_batch_with_loop_makes_the_clis_loop(comfy, tmp_path):
+    """Two keyframes as one IMAGE batch (core ImageBatch) into `start`, no `end`, loop: the
+    CLI's `interpolate A B --loop` (two segments, the closing frame dropped), frame for frame."""
+    from inbetweening import media
+
+    workflow = example(start=["8", 0], loop=True, steps=2, seed=3)
+    del workflow[SAMPLER]["inputs"]["end"], workflow["6"], workflow["7"]
+    workflow["8"] = {"class_type": "ImageBatch", "inputs": {"image1": ["1", 0],
+                                                            "image2": ["2", 0]}}
+    workflow["5"]["inputs"]["filename_prefix"] = "loop/frame"
+    entry = finished(comfy, post(comfy, workflow))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    frames = np.stack([np.asarray(PIL.Image.open(p).convert("RGB"))
+                       for p in output_files(comfy, entry, "5", "images")])
+    assert frames.shape == (14, 64, 64, 3)  # 2 segments of 8 frames, shared ends once
+    out = tmp_path / "cli"
+    subprocess.run([sys.executable, "-m", "inbetweening.cli", "interpolate",
+                    *[str(PACK / "example_workflows" / n) for n in KEYFRAMES], "--loop",
+                    "--steps", "2", "-o", str(out), "--seed", "3", "--device", "cpu"],
+                   check=True)
+    np.testing.assert_array_equal(frames, media.read_video(out)[0])
 
 
 BAD_INPUTS = {
