@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from inbetweening import cli, media
-from inbetweening.keyframes import inbetween_sequence, join_segments, layout
-from inbetweening.loading import bundled_model
 from inbetweening.inputs import to_pil
+from inbetweening.keyframes import inbetween_sequence, interpolate, join_segments, layout
+from inbetweening.loading import bundled_model, load_pipeline
+from inbetweening.options import SamplingOptions
 from inbetweening.pipeline import InbetweenPipelineOutput
 from inbetweening.utils import InbetweeningError
 
@@ -161,6 +162,22 @@ def test_interpolate_is_the_options_call_seeded_and_counted(tiny_pipe, keyframes
     np.testing.assert_array_equal(side.frames[:, :, 68:132], there)
 
 
+def test_interpolate_passes_call_arguments_and_checks_options_and_seed(tiny_pipe, keyframes):
+    """Extra pipeline arguments go over the options' (the ComfyUI nodes pass their callback);
+    options and seed are checked before any sampling."""
+    k1, k2 = keyframes
+    options = SamplingOptions(steps=2, frames=4, size=(64, 64))
+    video = interpolate(tiny_pipe, [k1, k2], options, seed=9)
+    steps = []
+    bucket = interpolate(tiny_pipe, [k1, k2], options, seed=9, motion_bucket_id=30,
+                         callback_on_step_end=lambda pipe, i, t, x: steps.append(i) or {})
+    assert steps == [0, 1] and np.abs(bucket.frames - video.frames).max() > 1e-4
+    with pytest.raises(InbetweeningError, match="seed"):
+        interpolate(tiny_pipe, [k1, k2], options, seed=-1)
+    with pytest.raises(InbetweeningError, match="steps"):
+        interpolate(tiny_pipe, [k1, k2], options.replace(steps=0), seed=9)
+
+
 # -- the CLI --------------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -202,6 +219,20 @@ def test_cli_three_keyframes_loop_and_side_by_side(tiny_model_dir, keyframe_file
     # (random-noise keyframes lose a little to the gif palette)
     assert np.abs(left - first).mean() < 0.5 * np.abs(left - last).mean()
     assert np.abs(right - last).mean() < 0.5 * np.abs(right - first).mean()
+
+
+def test_cli_frames_are_interpolate_frames(tiny_model_dir, keyframe_files, tmp_path):
+    """The PNG frames `interpolate` writes are the shared core's video, as 8-bit values."""
+    model, weights = tiny_model_dir / "model", tiny_model_dir / "backward.safetensors"
+    out = tmp_path / "frames"
+    assert run_cli("interpolate", *keyframe_files[:2], "-o", out, "--model", model, "--backward",
+                   weights, "--steps", "2", "--reinject", "1", "--seed", "4", "--device",
+                   "cpu") == 0
+    written, _ = media.read_video(out)
+    pipe = load_pipeline(model, weights, "cpu", quiet=True)
+    images = [media.read_image(p) for p in keyframe_files[:2]]
+    video = interpolate(pipe, images, SamplingOptions(steps=2, reinject=1), seed=4)
+    np.testing.assert_array_equal(written, np.stack(media.as_uint8(video.frames)))
 
 
 def test_cli_keyframe_errors_write_nothing(tiny_model_dir, keyframe_files, tmp_path, capsys):

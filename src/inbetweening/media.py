@@ -144,7 +144,9 @@ def check_output(path: str | os.PathLike, overwrite: bool, inputs=()) -> str:
     return kind
 
 
-def _as_uint8(frames) -> list[np.ndarray]:
+def as_uint8(frames) -> list[np.ndarray]:
+    """Frames (PIL images, or arrays: uint8, or float in [0, 1]) as the 8-bit arrays every
+    writer saves: float values rounded to the nearest of 256 levels."""
     out = []
     for f in frames:
         if isinstance(f, PIL.Image.Image):
@@ -169,7 +171,7 @@ def write_video(frames, path: str | os.PathLike, fps: float = 7, *,
     kind = check_output(path, overwrite, inputs)
     if not fps > 0:
         raise InbetweeningError(f"the frame rate must be positive, not {fps}")
-    arrays = _as_uint8(frames)
+    arrays = as_uint8(frames)
     if not arrays:
         raise InbetweeningError("no frames to write")
     if any(a.ndim != 3 or a.shape[-1] != 3 or a.shape != arrays[0].shape for a in arrays):
