@@ -175,17 +175,21 @@ def test_bad_requests_get_a_message_and_the_app_keeps_serving(app, keys, tmp_pat
 
 
 def test_defaults_come_from_the_model(app, tiny_pipe):
-    assert app.defaults() == dict(method="gi", frames=6, steps=50, size="64x64", fps=7)
+    assert app.defaults() == dict(method="gi", frames=6, steps=50, size="64x64", fps=7,
+                                  motion_bucket=127, noise_aug=0.02)
+    # a method picked shows its own settings
+    assert (app.defaults("trf")["steps"], app.defaults("mpd")["fps"]) == (50, 9)
     assert app.max_frames() == 12
     tiny_pipe.defaults = {"num_inference_steps": 12, "num_frames": 5, "max_guidance_scale": 2.0,
                           "fps": 4}
-    assert app.defaults() == dict(method="gi", frames=5, steps=12, size="64x64", fps=4)
-    kw, _ = tiny_pipe.call_settings(**app.sampling_kwargs("trf", 6, 3, "128x64", 9))
+    assert app.defaults() == dict(method="gi", frames=5, steps=12, size="64x64", fps=4,
+                                  motion_bucket=127, noise_aug=0.02)
+    kw, _ = tiny_pipe.call_settings(**app.sampling_options("trf", 6, 3, "128x64", 9).call_kwargs())
     assert kw["max_guidance_scale"] == 2.0  # the model's recommendation stays ...
     assert (kw["method"], kw["num_frames"], kw["num_inference_steps"], kw["fps"],
             kw["width"], kw["height"]) == ("trf", 6, 3, 9, 128, 64)  # ... under what was asked
-    kw, _ = tiny_pipe.call_settings(**app.sampling_kwargs("gi", 6, 8, "64x64", 7,
-                                                          recipe="paper"))
+    kw, _ = tiny_pipe.call_settings(**app.sampling_options("gi", 6, 8, "64x64", 7,
+                                                           recipe="paper").call_kwargs())
     assert (kw["num_inference_steps"], kw["reinject_count"], kw["reinject_fraction"]) == (8, 5, 0.5)
 
 

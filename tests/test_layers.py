@@ -17,19 +17,20 @@ LAYERS = [
     ["utils"],
     ["options", "methods", "media", "conditioning", "backbones", "attention", "baselines",
      "metrics", "locate", "inputs", "toy.world", "toy.autoencoder"],
-    ["backward", "sampling", "peers", "denoisers", "runners", "folders", "data", "toy.models",
-     "toy.tracker", "toy.blending"],
+    ["backward", "sampling", "peers", "denoisers", "runners", "folders", "encoding", "data",
+     "toy.models", "toy.tracker", "toy.blending"],
     ["pipeline"],
     ["loading", "keyframes"],
     # the application layer: the work commands do, then the commands, then the entry point
     ["train_config", "training", "toy.training", "evaluation", "evaluation.*", "render",
-     "render.*", "demo", "app"],
+     "render.*", "demo", "app", "page"],
     ["commands", "commands.*"],
     ["cli", "__main__"],
 ]
-MODEL_LAYER = {"attention", "backbones", "backward", "conditioning", "denoisers", "folders",
-               "inputs", "locate", "methods", "sampling", "peers", "pipeline", "runners"}
-APPLICATION = {"cli", "app", "evaluation", "training", "demo", "commands", "render"}
+MODEL_LAYER = {"attention", "backbones", "backward", "conditioning", "denoisers", "encoding",
+               "folders", "inputs", "locate", "methods", "sampling", "peers", "pipeline",
+               "runners"}
+APPLICATION = {"cli", "app", "page", "evaluation", "training", "demo", "commands", "render"}
 
 
 def module_name(path: Path) -> str:

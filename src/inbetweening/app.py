@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .options import RECIPES, SamplingOptions, parse_size
+from .options import SamplingOptions, parse_size
 from .utils import InbetweeningError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -143,13 +143,16 @@ class InbetweenApp:
         self._count = 0
 
     # -- defaults shown on the page ----------------------------------------------------------
-    def defaults(self) -> dict:
-        """Method, frames, steps, size and fps the page starts with: what a call of the
-        pipeline with nothing set runs with (:meth:`InbetweenPipeline.call_settings`)."""
-        s, _ = self.pipe.call_settings()
+    def defaults(self, method: str | None = None) -> dict:
+        """Method, frames, steps, size, fps and SVD's conditioning that the page shows (when it
+        starts, or when ``method`` is picked): what a call of the pipeline with nothing else set
+        runs with (:meth:`InbetweenPipeline.call_settings`: the method's own settings, the
+        model's recommendation)."""
+        s, _ = self.pipe.call_settings(method or None)
         return dict(method=s["method"], frames=int(s["num_frames"]),
                     steps=int(s["num_inference_steps"]), size=f"{s['width']}x{s['height']}",
-                    fps=int(s["fps"]))
+                    fps=int(s["fps"]), motion_bucket=int(s["motion_bucket_id"]),
+                    noise_aug=float(s["noise_aug_strength"]))
 
     def max_frames(self) -> int:
         return 2 * int(self.pipe.unet.config.num_frames)
@@ -195,17 +198,21 @@ class InbetweenApp:
         return items
 
     # -- generation ----------------------------------------------------------------------------
-    def sampling_kwargs(self, method: str, frames, steps, size: str, fps,
-                        recipe: str | None = None) -> dict:
-        """Pipeline arguments from the page's settings (checked as the command line's are).
+    def sampling_options(self, method: str, frames, steps, size: str, fps,
+                         recipe: str | None = None, motion_bucket=None,
+                         noise_aug=None) -> SamplingOptions:
+        """The page's settings as checked sampling options (as the command line's are).
         ``recipe``: a named recipe (its re-injections; the page's steps field overrides its
         steps, and shows them when the recipe is picked), or None / "" for the model's own."""
-        options = SamplingOptions(recipe=recipe or None, method=method,
-                                  frames=_as_int(frames, "frames"),
-                                  steps=_as_int(steps, "steps"),
-                                  size=parse_size((size or "").strip() or None),
-                                  fps=_as_int(fps, "fps")).check()
-        return options.call_kwargs()
+        return SamplingOptions(
+            recipe=recipe or None, method=method, frames=_as_int(frames, "frames"),
+            steps=_as_int(steps, "steps"), size=parse_size((size or "").strip() or None),
+            fps=_as_int(fps, "fps"),
+            motion_bucket_id=None if motion_bucket is None else _as_int(motion_bucket,
+                                                                        "motion bucket"),
+            noise_aug_strength=None if noise_aug is None else _as_float(noise_aug,
+                                                                        "noise augmentation"),
+        ).check()
 
     def check_work(self, settings: dict) -> None:
         """Refuse, with the reason, a segment larger than :func:`pixel_frame_limit` (after the
@@ -222,9 +229,11 @@ class InbetweenApp:
 
     def generate(self, files: list | None, method: str, frames, steps, seed, size: str, fps,
                  loop: bool = False, side_by_side: bool = False, recipe: str | None = None,
+                 motion_bucket=None, noise_aug=None,
                  progress: Callable | None = None) -> tuple[str | None, list[str] | None, str]:
-        """Make the video through the uploaded keyframes. Returns (mp4 to play, files to
-        download, message); on bad input (None, None, the reason)."""
+        """Make the video through the uploaded keyframes, as ``inbetween interpolate`` makes it
+        (:func:`inbetweening.keyframes.interpolate`). Returns (mp4 to play, files to download,
+        message); on bad input (None, None, the reason)."""
         from . import media
         from .inputs import check_aspects
         from .keyframes import layout
@@ -238,33 +247,31 @@ class InbetweenApp:
                 raise InbetweeningError("upload at least two keyframes (or one and tick Loop)")
             images = [check_upload(p, self.limits) for p in paths]
             check_aspects(images)
-            kw = self.sampling_kwargs(method, frames, steps, size, fps, recipe)
-            settings, _ = self.pipe.call_settings(image=images[0], **kw)
+            options = self.sampling_options(method, frames, steps, size, fps, recipe,
+                                            motion_bucket, noise_aug)
+            settings, _ = self.pipe.call_settings(image=images[0], **options.call_kwargs())
             self.check_work(settings)
             seed = _seed(seed)
             closed = layout(images, loop).closed
             with self._lock:
-                video = self._run(images, loop, seed, kw, settings["num_inference_steps"], report)
-            if side_by_side:
-                video = media.side_by_side(video, images)
+                video = self._run(images, loop, side_by_side, seed, options,
+                                  settings["num_inference_steps"], report)
             report(1.0, desc="writing mp4, gif and PNG frames")
             out = self._result_dir()
-            written = [str(media.write_video(video, out / name, fps=settings["fps"]))
+            written = [str(media.write_video(video.frames, out / name, fps=video.fps))
                        for name in OUTPUT_NAMES]
         except InbetweeningError as e:
             return None, None, f"**Error:** {e}"
         except Exception as e:  # noqa: BLE001 - a bug must not take the page down; say it
             traceback.print_exc()
             return None, None, f"**Error:** something went wrong ({type(e).__name__}: {e})"
-        h, w = video.shape[1:3]
+        n, h, w = video.frames.shape[:3]
         loop_note = ", a seamless loop" if closed else ""
-        return written[0], written, (f"**Done:** {len(video)} frames, {w}x{h}, {settings['fps']} fps, "
+        return written[0], written, (f"**Done:** {n} frames, {w}x{h}, {video.fps} fps, "
                                      f"seed {seed}{loop_note} ({time.time() - t0:.1f} s).")
 
-    def _run(self, images, loop, seed, kw, steps, report):
-        import torch
-
-        from .keyframes import inbetween_sequence
+    def _run(self, images, loop, side_by_side, seed, options, steps, report):
+        from .keyframes import interpolate
 
         segment = {"index": 0, "count": 1}
 
@@ -278,9 +285,9 @@ class InbetweenApp:
             report((segment["index"] + (i + 1) / steps) / n, desc=f"{where}step {i + 1}/{steps}")
             return {}
 
-        generator = torch.Generator().manual_seed(seed)
-        return inbetween_sequence(self.pipe, images, loop=loop, generator=generator,
-                                  on_segment=on_segment, callback_on_step_end=on_step, **kw)
+        return interpolate(self.pipe, images, options, seed=seed, loop=loop,
+                           side_by_side=side_by_side, on_segment=on_segment,
+                           callback_on_step_end=on_step)
 
     def _result_dir(self) -> Path:
         """A fresh folder for one result; only the last few are kept."""
@@ -295,75 +302,11 @@ class InbetweenApp:
 
     # -- the page ------------------------------------------------------------------------------
     def build(self):
-        """The Gradio page (a ``gr.Blocks``)."""
+        """The Gradio page (a ``gr.Blocks``): :func:`inbetweening.page.build_page`."""
         offline_gradio()
-        import gradio as gr
+        from .page import build_page
 
-        from .methods import METHOD_RECORDS
-
-        d = self.defaults()
-        with gr.Blocks(title="Inbetweening", delete_cache=(600, 3600),
-                       analytics_enabled=False) as page:
-            gr.Markdown("# Inbetweening\nThe video between your keyframes, by dual-directional "
-                        f"sampling with Stable Video Diffusion. Model: {self.model_description}.")
-            with gr.Row():
-                with gr.Column(scale=1):
-                    keyframes = gr.File(
-                        label="Keyframes: two or more images, in order (drag to reorder)",
-                        file_count="multiple", type="filepath", allow_reordering=True,
-                        elem_id="keyframes")
-                    order = gr.Gallery(label="Order", columns=6, fit_columns=False, height=150,
-                                       allow_preview=False, object_fit="contain",
-                                       interactive=False, elem_id="order")
-                    notice = gr.Markdown("", elem_id="notice")
-                    status = gr.Markdown(self.count_message([]), elem_id="status")
-                    with gr.Row():
-                        method = gr.Dropdown([(f"{m.name}: {m.label}", m.name)
-                                              for m in METHOD_RECORDS.values()],
-                                             value=d["method"], label="Method", elem_id="method")
-                        size = gr.Textbox(d["size"], label="Size (WxH, multiples of 8)",
-                                          elem_id="size")
-                    with gr.Row():
-                        frames = gr.Slider(3, self.max_frames(), value=d["frames"], step=1,
-                                           label="Frames per segment (keyframes included)",
-                                           elem_id="frames")
-                        recipe = gr.Dropdown([("model's own", "")] + [(r, r) for r in RECIPES],
-                                             value="", label="Recipe", elem_id="recipe")
-                        steps = gr.Number(d["steps"], precision=0, minimum=1, maximum=1000,
-                                          label="Denoising steps", elem_id="steps")
-                    with gr.Row():
-                        seed = gr.Number(0, precision=0, minimum=-1, label="Seed (-1: random)",
-                                         elem_id="seed")
-                        fps = gr.Slider(1, 30, value=d["fps"], step=1, label="Frames per second",
-                                        elem_id="fps")
-                    with gr.Row():
-                        loop = gr.Checkbox(False, label="Loop (back to the first keyframe)",
-                                           elem_id="loop")
-                        side = gr.Checkbox(False, label="Show the keyframes beside the video",
-                                           elem_id="side-by-side")
-                    run = gr.Button("Generate", variant="primary", elem_id="generate")
-                with gr.Column(scale=1):
-                    video = gr.Video(label="Result", autoplay=True, loop=True, height=360,
-                                     interactive=False, elem_id="result")
-                    downloads = gr.File(label="Download (mp4, gif, PNG frames as zip)",
-                                        file_count="multiple", interactive=False,
-                                        elem_id="downloads")
-                    message = gr.Markdown("", elem_id="message")
-
-            keyframes.upload(self.on_upload, keyframes, [keyframes, notice])
-            keyframes.change(self.preview, keyframes, order)
-            keyframes.change(self.count_message, keyframes, status)
-
-            def generate(files, method, frames, steps, seed, size, fps, loop, side, recipe,
-                         progress=gr.Progress()):
-                return self.generate(files, method, frames, steps, seed, size, fps, loop, side,
-                                     recipe, progress=progress)
-
-            recipe.change(lambda r: RECIPES[r]["num_inference_steps"] if r else d["steps"], recipe,
-                          steps)
-            run.click(generate, [keyframes, method, frames, steps, seed, size, fps, loop, side,
-                                 recipe], [video, downloads, message], concurrency_limit=1)
-        return page
+        return build_page(self)
 
 
 def _path_of(f) -> str:
@@ -392,6 +335,16 @@ def _as_int(value, what: str) -> int:
     if not math.isfinite(number) or number != int(number):
         raise InbetweeningError(f"{what} must be a whole number, not {value}")
     return int(number)
+
+
+def _as_float(value, what: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InbetweeningError(f"{what} must be a number, not {value!r}") from None
+    if not math.isfinite(number):
+        raise InbetweeningError(f"{what} must be a finite number, not {value}")
+    return number
 
 
 def _seed(value) -> int:

@@ -9,13 +9,15 @@ from .common import add_model_args
 def run(args) -> None:
     from pathlib import Path
 
-    from ..demo import run_demo
-    from ..loading import load_pipeline
-    from ..locate import model_inputs
+    from ..locate import check_backward, model_inputs
     from ..utils import check_target
 
+    check_backward(args.backward)  # (what needs no model, before torch is imported)
     check_target(args.output, args.overwrite, folder=True,
                  inputs=model_inputs(args.model, args.backward))
+    from ..demo import run_demo
+    from ..loading import load_pipeline
+
     pipe = load_pipeline(args.model, args.backward, args.device, args.dtype,
                          compile=args.compile)
     pipe.set_progress_bar_config(disable=True)

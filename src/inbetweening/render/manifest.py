@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from .. import media
 from ..keyframes import segment_pairs
 from ..options import SamplingOptions, check_seed
-from ..pipeline import check_aspects
+from ..inputs import check_aspects
 from ..utils import InbetweeningError, field_type
 
 SHOT_COLUMNS = ("keyframes", "output", "seed", "loop", "side_by_side")

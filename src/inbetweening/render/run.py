@@ -170,12 +170,17 @@ def render(manifest, out, *, model=None, backward=None, device=None, dtype=None,
     fails is recorded as failed (``summary["counts"]["failed"]``) and the others go on.
     ``options``: the sampling options of the rows' empty cells; ``seed``: the seed of rows
     without one; ``overwrite``: render again outputs made with other settings."""
+    manifest, out = Path(manifest), Path(out)
+    try:  # (what needs no model is checked before torch is imported: a mistake is said at once)
+        shots, todo, made = _prepare(manifest, out, options, seed, model, backward, overwrite)
+    except InbetweeningError:
+        if os.environ.get("RANK", "0") != "0":  # the main process says what is wrong, once
+            raise SystemExit(2) from None
+        raise
     from ..loading import distributed_state, load_pipeline
 
-    manifest, out = Path(manifest), Path(out)
     state = distributed_state(device)
     try:
-        shots, todo, made = _prepare(manifest, out, options, seed, model, backward, overwrite)
         pipe = None
         if todo:
             # (several processes on "cuda": each its own GPU, as the launcher numbers them)
