@@ -28,16 +28,18 @@ import tempfile
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .options import RECIPES, SamplingOptions, parse_size
+from .options import RECIPES, SamplingOptions, check_fields, parse_size
 from .utils import InbetweeningError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MAX_UPLOAD_MB = 20.0
 DEFAULT_MAX_PIXELS = 25_000_000
+MAX_UPLOAD_PIXELS = 64_000_000  # (media.read_image's own limit)
+MAX_UPLOAD_MB = 1024
 # Gradio itself stops an upload this many times over the limit, before it reaches a handler (so a
 # huge file is not written to disk in full); smaller oversized files get the handler's message.
 SERVER_UPLOAD_FACTOR = 5
@@ -55,10 +57,15 @@ def offline_gradio() -> None:
 
 @dataclass(frozen=True)
 class Limits:
-    """What an upload may be."""
+    """What an upload may be (each limit checked when made: see options.check_fields)."""
 
-    max_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 2**20)
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = field(default=int(DEFAULT_MAX_UPLOAD_MB * 2**20),
+                           metadata={"range": (1, MAX_UPLOAD_MB * 2**20)})
+    max_pixels: int = field(default=DEFAULT_MAX_PIXELS,
+                            metadata={"range": (1, MAX_UPLOAD_PIXELS)})
+
+    def __post_init__(self):
+        check_fields(self)
 
     def describe(self) -> str:
         return (f"images up to {self.max_bytes / 2**20:g} MB and "
@@ -116,6 +123,21 @@ def pixel_frame_limit(pipe) -> tuple[int, str]:
     free = free_device_memory(pipe.device)
     per = pipe.vae.dtype.itemsize * VAE_PEAK_TENSORS * int(pipe.vae.config.block_out_channels[0])
     return max(usual, free // per), f"the free memory of {pipe.device} ({free / 2**30:.1f} GB)"
+
+
+def check_work(pipe, kw: dict) -> None:
+    """Refuse, with the reason, a segment of the pipeline call ``kw`` larger than
+    :func:`pixel_frame_limit` (after the pipeline's own checks of the size and frame count): the
+    one rule of the app and ``inbetween interpolate``, checked before sampling."""
+    width, height = pipe.default_size()
+    width, height = kw.get("width", width), kw.get("height", height)
+    frames = kw.get("num_frames") or pipe.unet.config.num_frames
+    pipe.check_inputs(height, width, frames, kw["method"], kw.get("num_inference_steps") or 1)
+    limit, basis = pixel_frame_limit(pipe)
+    if width * height * frames > limit:
+        raise InbetweeningError(
+            f"{width}x{height} x {frames} frames is too large for {basis}: at most "
+            f"{limit:,} pixels x frames per segment; choose a smaller size or fewer frames")
 
 
 def describe_model(model) -> str:
@@ -213,23 +235,13 @@ class InbetweenApp:
         options = SamplingOptions(recipe=recipe or None, method=method,
                                   frames=_as_int(frames, "frames"),
                                   steps=_as_int(steps, "steps"),
-                                  size=parse_size((size or "").strip() or None),
+                                  size=parse_size(str(size or "").strip() or None),
                                   fps=_as_int(fps, "fps")).check()
         return options.call_kwargs(self.pipe.defaults)
 
     def check_work(self, kw: dict) -> None:
-        """Refuse, with the reason, a segment larger than :func:`pixel_frame_limit` (after the
-        pipeline's own checks of the size and frame count)."""
-        width, height = self.pipe.default_size()
-        width, height = kw.get("width", width), kw.get("height", height)
-        frames = kw.get("num_frames") or self.pipe.unet.config.num_frames
-        self.pipe.check_inputs(height, width, frames, kw["method"],
-                               kw.get("num_inference_steps") or 1)
-        limit, basis = pixel_frame_limit(self.pipe)
-        if width * height * frames > limit:
-            raise InbetweeningError(
-                f"{width}x{height} x {frames} frames is too large for {basis}: at most "
-                f"{limit:,} pixels x frames per segment; choose a smaller size or fewer frames")
+        """See :func:`check_work`."""
+        check_work(self.pipe, kw)
 
     def generate(self, files: list | None, method: str, frames, steps, seed, size: str, fps,
                  loop: bool = False, side_by_side: bool = False, recipe: str | None = None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from ..options import check_seed
+from ..options import SEED_RANGE, check_seed, describe_range
 from .common import add_model_args, add_sampling_args, sampling_options
 
 
@@ -20,6 +20,7 @@ def seed_generator(seed: int | None):
 
 def run(args) -> None:
     from .. import media
+    from ..app import check_work
     from ..keyframes import inbetween_sequence, layout
     from ..loading import load_pipeline
     from ..locate import model_inputs
@@ -36,6 +37,7 @@ def run(args) -> None:
     pipe = load_pipeline(args.model, args.backward, args.device, args.dtype,
                          compile=args.compile)
     kw = options.call_kwargs(pipe.defaults)
+    check_work(pipe, kw)  # the size x frames this machine can sample (as the app's)
     generator = seed_generator(args.seed)
     t0 = time.time()
 
@@ -66,5 +68,6 @@ def add_command(sub) -> None:
                    help="show the keyframes beside the video")
     add_model_args(p)
     add_sampling_args(p)
-    p.add_argument("--seed", type=int, default=None, help="random seed (printed when not given)")
+    p.add_argument("--seed", type=int, default=None,
+                   help=f"random seed, {describe_range(*SEED_RANGE)} (printed when not given)")
     p.set_defaults(func=run)

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..locate import model_inputs, resolve_model
 from ..methods import BACKWARD_METHODS
 from ..methods import METHODS as DIFFUSION_METHODS
-from ..options import SamplingOptions
+from ..options import SamplingOptions, check_seed
 from ..utils import InbetweeningError, why_protected
 from .report import write_report
 from .results import (
@@ -160,6 +160,7 @@ def evaluate(set_path, methods, out, *, model=None, backward=None, device=None, 
     after each record is written. ``compile``: ``torch.compile`` the UNet."""
     import torch
 
+    check_seed(seed)
     bset = load_set(set_path)
     methods = parse_methods(methods if isinstance(methods, str) else ",".join(methods))
     options = _options(options)
