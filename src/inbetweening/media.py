@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-from .utils import InbetweeningError, atomic_path, check_target
+from .utils import InbetweeningError, atomic_path, check_regular_file, check_target
 
 WRITABLE_VIDEOS = (".mp4", ".gif", ".webp")  # (and .zip of PNG frames, or a folder of them)
 READABLE_VIDEOS = (".mp4", ".webm", ".gif", ".mov", ".mkv", ".avi")
@@ -20,13 +20,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
 def read_image(path: str | os.PathLike, max_pixels: int | None = 64_000_000) -> PIL.Image.Image:
-    """An image file as 8-bit RGB, or a one-line InbetweeningError saying why not. 16-bit and
-    floating-point images are scaled to 8 bits, not clipped."""
-    path = Path(path)
-    if not path.exists():
-        raise InbetweeningError(f"{path}: no such file")
-    if path.is_dir():
-        raise InbetweeningError(f"{path} is a folder, not an image")
+    """An image file as 8-bit RGB, or a one-line InbetweeningError saying why not (not a regular
+    file among others). 16-bit and floating-point images are scaled to 8 bits, not clipped."""
+    path = check_regular_file(path, "an image")
     limit = max_pixels or PIL.Image.MAX_IMAGE_PIXELS
     too_large = f"{path}: the image is too large (at most {limit:,} pixels)"
     try:
@@ -186,8 +182,7 @@ def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
         if not files:
             raise InbetweeningError(f"{path}: no image files in this folder")
         return np.stack([np.asarray(read_image(f)) for f in files]), 0.0
-    if not path.is_file():
-        raise InbetweeningError(f"{path}: no such file")
+    check_regular_file(path, "a video")
     import imageio.v3 as iio
 
     try:

@@ -58,8 +58,8 @@ from tqdm.auto import tqdm
 from . import attention, backward, conditioning
 from .train_config import DUAL_PASSES, TrainConfig
 from .utils import (
-    FOLDER_KINDS, InbetweeningError, atomic_torch_save, check_target, folder_mark, mix_seed,
-    why_protected,
+    FOLDER_KINDS, InbetweeningError, atomic_torch_save, check_target, check_writable, folder_mark,
+    mix_seed, why_protected,
 )
 
 LOG_FILE = "log.csv"
@@ -427,6 +427,7 @@ def check_output(cfg: TrainConfig) -> None:
         why = f"this tool wrote it as {FOLDER_KINDS.get(mark.get('kind'), 'something else')}"
     if why:
         raise InbetweeningError(f"will not train into the folder {out}: {why}")
+    check_writable(out)
 
 
 # What every checkpoint holds (see _save_checkpoint).

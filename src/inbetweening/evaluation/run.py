@@ -12,7 +12,7 @@ from ..locate import model_inputs, resolve_model
 from ..methods import BACKWARD_METHODS
 from ..methods import METHODS as DIFFUSION_METHODS
 from ..options import SamplingOptions, check_seed
-from ..utils import InbetweeningError, why_protected
+from ..utils import InbetweeningError, check_writable, why_protected
 from .report import write_report
 from .results import (
     SETTINGS, Settings, load_record, record_path, save_npz, video_path, write_json,
@@ -59,6 +59,7 @@ def _check_results_folder(out: Path, settings: Settings, overwrite: bool, inputs
         raise InbetweeningError(f"{out} exists and is not a folder")
     if why := why_protected(out, inputs):
         raise InbetweeningError(f"will not write results into {out}: {why}")
+    check_writable(out)
     settings_path = out / SETTINGS
     if settings_path.is_file() and not overwrite:
         try:

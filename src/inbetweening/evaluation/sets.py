@@ -14,7 +14,7 @@ import PIL.Image
 import PIL.ImageOps
 
 from .. import media
-from ..utils import InbetweeningError, atomic_path
+from ..utils import InbetweeningError, atomic_path, check_regular_file
 from .results import readable_json
 from .set_options import ToySetOptions, VideoSetOptions, check_toy_work, check_video_work
 
@@ -131,9 +131,9 @@ def _check_clip(manifest_path: Path, pair: Pair, frames: int, width: int, height
     size = None
     if files:
         try:
-            with PIL.Image.open(files[0]) as im:
+            with PIL.Image.open(check_regular_file(files[0], "an image")) as im:
                 size = im.size
-        except (OSError, ValueError):
+        except (OSError, ValueError, InbetweeningError):
             size = None
     if len(files) != frames or size != (width, height):
         raise InbetweeningError(f"{manifest_path}: pair {pair.id}: the true clip has "
