@@ -287,13 +287,38 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def media_png() -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    PIL.Image.new("RGB", (64, 64), (10, 20, 30)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _upload(port: int, name: str, data: bytes) -> str:
+    """POST a file to the Gradio server as the page does; the path it was stored at."""
+    import json
+    import urllib.request
+
+    boundary = "inbetweening-test-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; "
+            f"filename=\"{name}\"\r\nContent-Type: image/png\r\n\r\n").encode() + data + \
+        f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/gradio_api/upload", data=body, method="POST",
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())[0]
+
+
 def test_sigterm_removes_the_apps_work_folder(tiny_model_dir, tmp_path):
+    """... and Gradio's folders: nothing is left in the temporary folder (issue 20, item 9)."""
     pytest.importorskip("gradio", reason="the app extra (gradio) is not installed")
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     port = _free_port()
-    env = {**os.environ, "TMPDIR": str(tmp), "GRADIO_TEMP_DIR": str(tmp / "gradio"),
-           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "TMPDIR": str(tmp), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("GRADIO_TEMP_DIR", None)
     cmd = [sys.executable, "-m", "inbetweening.cli", "app", "--port", str(port), "--device",
            "cpu", "--model", str(tiny_model_dir / "model"),
            "--backward", str(tiny_model_dir / "backward.safetensors")]
@@ -306,6 +331,8 @@ def test_sigterm_removes_the_apps_work_folder(tiny_model_dir, tmp_path):
             assert time.time() < deadline, "the app did not listen within 120 s"
             time.sleep(0.5)
         assert len(list(tmp.glob("inbetween-app-*"))) == 1  # (what is checked is there)
+        uploaded = _upload(port, "key.png", media_png())
+        assert Path(uploaded).resolve().is_relative_to(tmp.resolve()), uploaded
         proc.send_signal(15)
         output = proc.communicate(timeout=60)[0]
     finally:
@@ -314,3 +341,4 @@ def test_sigterm_removes_the_apps_work_folder(tiny_model_dir, tmp_path):
             proc.communicate()
     assert "Traceback" not in output, output[-3000:]
     assert list(tmp.glob("inbetween-app-*")) == [], output[-3000:]
+    assert sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*")) == [], output[-3000:]

@@ -20,6 +20,7 @@ the handlers as plain methods, so they can be used (and tested) without a browse
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 import os
 import random
@@ -433,35 +434,47 @@ def _seed(value) -> int:
     return check_seed(seed)
 
 
-def serve(*, host: str = DEFAULT_HOST, port: int | None = None, limits: Limits = Limits(),
-          model=None, backward=None, device=None, dtype=None, compile: bool = False) -> None:
-    """Load the model and serve the page until stopped (Ctrl-C or SIGTERM: the work folder is
-    removed either way)."""
-    import signal
-
-    offline_gradio()
+def _launch(page, host: str, port: int | None, limits: Limits, workdir: Path) -> None:
+    page.queue(default_concurrency_limit=1, max_size=32)
     try:
-        import gradio  # noqa: F401
-    except ImportError:
-        raise InbetweeningError("the app needs Gradio: pip install 'inbetweening[app]'") from None
-    from .loading import load_pipeline
-
-    pipe = load_pipeline(model, backward, device, dtype, compile=compile)
-    workdir = Path(tempfile.mkdtemp(prefix="inbetween-app-"))
-
-    def on_term(signum, frame):  # as Ctrl-C: unwind, so the work folder is cleaned up
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_term)
-    try:
-        page = InbetweenApp(pipe, workdir, limits, describe_model(model)).build()
-        page.queue(default_concurrency_limit=1, max_size=32)
         page.launch(server_name=host, server_port=port, share=False, inbrowser=False,
                     show_error=True, max_file_size=SERVER_UPLOAD_FACTOR * limits.max_bytes,
                     allowed_paths=[str(workdir)], ssr_mode=False, mcp_server=False, pwa=False,
                     enable_monitoring=False)
     except OSError as e:
         raise InbetweeningError(f"cannot listen on {host}:{port}: {e}") from None
+
+
+def serve(*, host: str = DEFAULT_HOST, port: int | None = None, limits: Limits = Limits(),
+          model=None, backward=None, device=None, dtype=None, compile: bool = False) -> None:
+    """Load the model and serve the page until stopped (Ctrl-C or SIGTERM: the work folder is
+    removed either way)."""
+    import signal
+
+    if importlib.util.find_spec("gradio") is None:
+        raise InbetweeningError("the app needs Gradio: pip install 'inbetweening[app]'")
+    try:
+        workdir = Path(tempfile.mkdtemp(prefix="inbetween-app-"))
+    except OSError as e:
+        raise InbetweeningError(f"cannot make the app's work folder in "
+                                f"{tempfile.gettempdir()} ({e.strerror})") from None
+
+    def on_term(signum, frame):  # as Ctrl-C: unwind, so the work folder is cleaned up
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    # Gradio's uploads and cache go into the work folder too (unless GRADIO_TEMP_DIR says
+    # elsewhere), so that nothing of this run is left in the temporary folder after it.
+    gradio_dir = os.environ.setdefault("GRADIO_TEMP_DIR", str(workdir / "gradio"))
+    try:
+        offline_gradio()
+        from .loading import load_pipeline
+
+        pipe = load_pipeline(model, backward, device, dtype, compile=compile)
+        page = InbetweenApp(pipe, workdir, limits, describe_model(model)).build()
+        _launch(page, host, port, limits, workdir)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if gradio_dir == str(workdir / "gradio"):
+            del os.environ["GRADIO_TEMP_DIR"]
         shutil.rmtree(workdir, ignore_errors=True)

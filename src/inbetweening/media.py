@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
+import PIL.PngImagePlugin
 
 from .utils import InbetweeningError, atomic_path, check_regular_file, check_target
 
@@ -19,9 +20,16 @@ READABLE_VIDEOS = (".mp4", ".webm", ".gif", ".mov", ".mkv", ".avi")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
+# The most text one PNG text chunk may hold, compressed or not: Pillow's limit on a compressed
+# one's (and on a colour profile's) decompressed size, held to plain tEXt chunks too.
+MAX_PNG_TEXT = PIL.PngImagePlugin.MAX_TEXT_CHUNK
+
+
 def read_image(path: str | os.PathLike, max_pixels: int | None = 64_000_000) -> PIL.Image.Image:
-    """An image file as 8-bit RGB, or a one-line InbetweeningError saying why not (not a regular
-    file among others). 16-bit and floating-point images are scaled to 8 bits, not clipped."""
+    """An image file as 8-bit RGB, or a one-line InbetweeningError saying why not: not a regular
+    file, not an image, larger than ``max_pixels``, a PNG with a text chunk over
+    :data:`MAX_PNG_TEXT` or a colour profile over Pillow's limit, damaged. 16-bit and
+    floating-point images are scaled to 8 bits, not clipped."""
     path = check_regular_file(path, "an image")
     limit = max_pixels or PIL.Image.MAX_IMAGE_PIXELS
     too_large = f"{path}: the image is too large (at most {limit:,} pixels)"
@@ -33,6 +41,7 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = 64_000_000) -> 
                     raise InbetweeningError(f"{path}: {im.width}x{im.height} is too large "
                                             f"(at most {limit:,} pixels)")
                 im.load()
+                _check_png_text(im, path)
                 return _to_rgb8(im, path)
     except InbetweeningError:
         raise
@@ -43,6 +52,15 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = 64_000_000) -> 
     except (OSError, ValueError, SyntaxError, EOFError) as e:  # PIL's ways of saying "corrupt"
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
         raise InbetweeningError(f"{path}: cannot read image ({first})") from None
+
+
+def _check_png_text(im: PIL.Image.Image, path: Path) -> None:
+    """Refuse a PNG whose text chunks (all read by ``load``) hold more than MAX_PNG_TEXT each."""
+    texts = im.text if isinstance(im, PIL.PngImagePlugin.PngImageFile) else {}
+    longest = max((len(v) for v in texts.values()), default=0)
+    if longest > MAX_PNG_TEXT:
+        raise InbetweeningError(f"{path}: cannot read image (a PNG text chunk of {longest:,} "
+                                f"characters; at most {MAX_PNG_TEXT:,})")
 
 
 def _to_rgb8(im: PIL.Image.Image, path: Path) -> PIL.Image.Image:
@@ -183,12 +201,19 @@ def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
             raise InbetweeningError(f"{path}: no image files in this folder")
         return np.stack([np.asarray(read_image(f)) for f in files]), 0.0
     check_regular_file(path, "a video")
+    # Each kind read by the plugin imageio would pick, and only by it: a file it cannot read is
+    # not offered to its other plugins (which would also make ~/.imageio).
+    plugin = {".gif": "pillow", ".webp": "pillow"}.get(path.suffix.lower(), "FFMPEG")
+    if path.suffix.lower() not in (*READABLE_VIDEOS, *WRITABLE_VIDEOS):
+        raise InbetweeningError(f"{path}: not a video file (one of "
+                                f"{', '.join(dict.fromkeys(READABLE_VIDEOS + WRITABLE_VIDEOS))})")
     import imageio.v3 as iio
 
     try:
-        frames = [np.asarray(PIL.Image.fromarray(f).convert("RGB")) for f in iio.imiter(path)]
+        frames = [np.asarray(PIL.Image.fromarray(f).convert("RGB"))
+                  for f in iio.imiter(path, plugin=plugin)]
         try:
-            fps = float(iio.immeta(path).get("fps", 0) or 0)
+            fps = float(iio.immeta(path, plugin=plugin).get("fps", 0) or 0)
         except Exception:  # noqa: BLE001 - metadata is optional
             fps = 0.0
     except Exception as e:  # noqa: BLE001 - any decoder failure is the file's fault here

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import shutil
 import time
@@ -21,6 +22,20 @@ from .scoring import (
     SET_BY_THE_SET, FeatureNets, generate, pair_seed, parse_methods, sampling_call, score,
 )
 from .sets import BenchmarkSet, load_set
+
+
+# What evaluation imports beyond the library (``pip install 'inbetweening[eval]'``): SSIM,
+# the flow baseline and the toy sets' blending score (OpenCV), the plots.
+EVAL_EXTRA = ("torchmetrics", "cv2", "matplotlib")
+
+
+def check_eval_extra() -> None:
+    """Refuse at once, in one line, an install without the ``eval`` extra (rather than fail
+    after the first video is made)."""
+    missing = [name for name in EVAL_EXTRA if importlib.util.find_spec(name) is None]
+    if missing:
+        raise InbetweeningError(f"evaluation needs the eval extra (no {', '.join(missing)} in "
+                                "this install): pip install 'inbetweening[eval]'")
 
 
 def _distributed_state(cpu: bool):
@@ -161,6 +176,7 @@ def evaluate(set_path, methods, out, *, model=None, backward=None, device=None, 
     after each record is written. ``compile``: ``torch.compile`` the UNet."""
     import torch
 
+    check_eval_extra()
     check_seed(seed)
     bset = load_set(set_path)
     methods = parse_methods(methods if isinstance(methods, str) else ",".join(methods))

@@ -96,6 +96,7 @@ def load_set(path: str | Path) -> BenchmarkSet:
         for pair in pairs:
             _check_sprites(manifest_path, pair, frames)
     for pair in pairs:
+        _check_keyframes(manifest_path, pair)
         _check_clip(manifest_path, pair, frames, width, height)
     return BenchmarkSet(root=root, kind=kind, frames=frames, width=width, height=height,
                         pairs=pairs, digest=hashlib.sha256(text).hexdigest()[:16])
@@ -120,6 +121,15 @@ def _check_sprites(manifest_path: Path, pair: Pair, frames: int) -> None:
         if color.shape != (3,) or centers.shape != (frames, 2) or not (
                 np.isfinite(color).all() and np.isfinite(centers).all()):
             raise bad(f"each sprite needs an RGB color and {frames} (x, y) centers")
+
+
+def _check_keyframes(manifest_path: Path, pair: Pair) -> None:
+    """Both keyframes read as images (a run would stop at the pair otherwise, after work)."""
+    for path in (pair.start, pair.end):
+        try:
+            media.read_image(path)
+        except InbetweeningError as e:
+            raise InbetweeningError(f"{manifest_path}: pair {pair.id}: {e}") from None
 
 
 def _check_clip(manifest_path: Path, pair: Pair, frames: int, width: int, height: int) -> None:
