@@ -20,11 +20,12 @@ from inbetweening.inputs import check_aspects, keyframe_batch
 from inbetweening.keyframes import interpolate, layout
 from inbetweening.loading import load_pipeline, parse_dtype
 from inbetweening.methods import METHODS
-from inbetweening.options import LIMITS, MAX_GUIDANCE, RECIPES, SamplingOptions, parse_size
+from inbetweening.options import RECIPES, SamplingOptions, field_range, parse_size
 from inbetweening.locate import NAMED_MODELS
 from inbetweening.utils import InbetweeningError
 
 CATEGORY = "Inbetweening"
+MAX_GUIDANCE = field_range(SamplingOptions, "guidance")[1]
 MODEL_TYPE = "INBETWEEN_MODEL"
 # Backward-weights files live in ComfyUI's models/inbetweening (and wherever extra_model_paths.yaml
 # puts "inbetweening"); "auto" takes the model folder's own backward.safetensors, if any.
@@ -256,8 +257,9 @@ class InbetweenSampler:
 
 def _whole(name: str, default: int, tooltip: str, lo: int = 0, hi: int | None = None,
            step: int = 1) -> dict:
-    """An INT widget whose range is the option's (``options.LIMITS``), with 0 for "not set"."""
-    top = hi if hi is not None else LIMITS[name][1]
+    """An INT widget whose range is the option's (its SamplingOptions field's), with 0 for "not
+    set"."""
+    top = hi if hi is not None else field_range(SamplingOptions, name)[1]
     return {name: ("INT", {"default": default, "min": lo, "max": top, "step": step,
                            "tooltip": tooltip})}
 

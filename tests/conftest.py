@@ -84,3 +84,15 @@ def tiny_model_dir(tmp_path_factory):
     pipe.save_pretrained(root / "model")
     pipe.save_backward_weights(root / "backward.safetensors", base_model="tiny-random")
     return root
+
+
+@pytest.fixture(scope="session")
+def toy_clips_dir(tmp_path_factory):
+    """Two toy clips (8 frames, 64x64) as PNG frame folders: training data."""
+    from inbetweening import media
+    from inbetweening.toy.world import make_clips
+
+    root = tmp_path_factory.mktemp("toy-clips")
+    for i, video in enumerate(make_clips(0, 2).video.permute(0, 1, 3, 4, 2).numpy()):
+        media.write_video(video, root / f"clip{i}")
+    return root

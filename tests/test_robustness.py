@@ -21,8 +21,7 @@ import PIL.Image
 import pytest
 import torch
 
-from inbetweening import app as app_module
-from inbetweening import cli, media, training
+from inbetweening import capacity, cli, media, training
 from inbetweening.app import InbetweenApp, Limits
 from inbetweening.toy.world import make_clips
 
@@ -249,7 +248,7 @@ def test_the_largest_seed_works(app, keys):
 
 def test_a_size_beyond_the_memory_limit_is_refused_with_the_reason(app, keys, no_sampling):
     """On the CPU the limit is 4x the model's usual work: 64x64 x 6 frames for the tiny model."""
-    limit, _ = app_module.pixel_frame_limit(app.pipe)
+    limit, _ = capacity.pixel_frame_limit(app.pipe)
     assert limit == 4 * 64 * 64 * 6
     _, _, message = app.generate(keys, "gi", 6, 1, 0, "1024x1024", 7)
     assert message.startswith("**Error:** 1024x1024 x 6 frames is too large"), message
@@ -264,15 +263,15 @@ def test_the_limit_on_a_gpu_follows_its_free_memory(monkeypatch):
     """pixels x frames <= free bytes / (bytes of a dtype x 8 x the VAE decoder's channels at full
     resolution), and never below the model's usual work."""
     pipe = SimpleNamespace(
-        device=torch.device("cuda", 0), defaults={}, default_size=lambda: (1024, 576),
-        unet=SimpleNamespace(config=SimpleNamespace(num_frames=14)),
+        device=torch.device("cuda", 0),
+        call_settings=lambda: ({"width": 1024, "height": 576, "num_frames": 14}, []),
         vae=SimpleNamespace(dtype=torch.float16, config=SimpleNamespace(
             block_out_channels=[128, 256, 512, 512])))
-    monkeypatch.setattr(app_module, "free_device_memory", lambda device: 64 * 2**30)
-    limit, basis = app_module.pixel_frame_limit(pipe)
+    monkeypatch.setattr(capacity, "free_device_memory", lambda device: 64 * 2**30)
+    limit, basis = capacity.pixel_frame_limit(pipe)
     assert limit == 64 * 2**30 // (2 * 8 * 128) and basis == "the free memory of cuda:0 (64.0 GB)"
-    monkeypatch.setattr(app_module, "free_device_memory", lambda device: 2**20)
-    assert app_module.pixel_frame_limit(pipe)[0] == 1024 * 576 * 14
+    monkeypatch.setattr(capacity, "free_device_memory", lambda device: 2**20)
+    assert capacity.pixel_frame_limit(pipe)[0] == 1024 * 576 * 14
 
 
 def _free_port() -> int:
@@ -287,13 +286,38 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def media_png() -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    PIL.Image.new("RGB", (64, 64), (10, 20, 30)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _upload(port: int, name: str, data: bytes) -> str:
+    """POST a file to the Gradio server as the page does; the path it was stored at."""
+    import json
+    import urllib.request
+
+    boundary = "inbetweening-test-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; "
+            f"filename=\"{name}\"\r\nContent-Type: image/png\r\n\r\n").encode() + data + \
+        f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/gradio_api/upload", data=body, method="POST",
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())[0]
+
+
 def test_sigterm_removes_the_apps_work_folder(tiny_model_dir, tmp_path):
+    """... and Gradio's folders: nothing is left in the temporary folder (issue 20, item 9)."""
     pytest.importorskip("gradio", reason="the app extra (gradio) is not installed")
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     port = _free_port()
-    env = {**os.environ, "TMPDIR": str(tmp), "GRADIO_TEMP_DIR": str(tmp / "gradio"),
-           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "TMPDIR": str(tmp), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("GRADIO_TEMP_DIR", None)
     cmd = [sys.executable, "-m", "inbetweening.cli", "app", "--port", str(port), "--device",
            "cpu", "--model", str(tiny_model_dir / "model"),
            "--backward", str(tiny_model_dir / "backward.safetensors")]
@@ -306,6 +330,8 @@ def test_sigterm_removes_the_apps_work_folder(tiny_model_dir, tmp_path):
             assert time.time() < deadline, "the app did not listen within 120 s"
             time.sleep(0.5)
         assert len(list(tmp.glob("inbetween-app-*"))) == 1  # (what is checked is there)
+        uploaded = _upload(port, "key.png", media_png())
+        assert Path(uploaded).resolve().is_relative_to(tmp.resolve()), uploaded
         proc.send_signal(15)
         output = proc.communicate(timeout=60)[0]
     finally:
@@ -314,3 +340,4 @@ def test_sigterm_removes_the_apps_work_folder(tiny_model_dir, tmp_path):
             proc.communicate()
     assert "Traceback" not in output, output[-3000:]
     assert list(tmp.glob("inbetween-app-*")) == [], output[-3000:]
+    assert sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*")) == [], output[-3000:]

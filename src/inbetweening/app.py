@@ -9,7 +9,7 @@ result plays on the page and downloads as mp4, gif and a zip of PNG frames.
 
 Uploads that are not images, or larger than ``--max-upload-mb`` (20 MB) or ``--max-pixels``, are
 refused with a message on the page; the app goes on serving. So are seeds beyond 2**64 - 1 and
-sizes x frames beyond what the machine can sample (:func:`pixel_frame_limit`). It listens on
+sizes x frames beyond what the machine can sample (:mod:`inbetweening.capacity`). It listens on
 127.0.0.1 unless ``--host`` says otherwise, and never reaches the internet: Gradio's analytics
 are off, there are no share links, and the page's fonts and scripts come from the app itself.
 
@@ -20,6 +20,7 @@ the handlers as plain methods, so they can be used (and tested) without a browse
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 import os
 import random
@@ -28,21 +29,21 @@ import tempfile
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .options import SamplingOptions, parse_size
+from .options import SamplingOptions, check_fields, parse_size
 from .utils import InbetweeningError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MAX_UPLOAD_MB = 20.0
 DEFAULT_MAX_PIXELS = 25_000_000
+MAX_UPLOAD_PIXELS = 64_000_000  # (media.read_image's own limit)
+MAX_UPLOAD_MB = 1024
 # Gradio itself stops an upload this many times over the limit, before it reaches a handler (so a
 # huge file is not written to disk in full); smaller oversized files get the handler's message.
 SERVER_UPLOAD_FACTOR = 5
-CPU_WORK_FACTOR = 4  # see pixel_frame_limit
-VAE_PEAK_TENSORS = 8  # see pixel_frame_limit
 KEEP_RESULTS = 8  # result folders kept on disk (older ones are deleted)
 OUTPUT_NAMES = ("inbetween.mp4", "inbetween.gif", "inbetween_frames.zip")
 
@@ -55,10 +56,15 @@ def offline_gradio() -> None:
 
 @dataclass(frozen=True)
 class Limits:
-    """What an upload may be."""
+    """What an upload may be (each limit checked when made: see options.check_fields)."""
 
-    max_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 2**20)
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = field(default=int(DEFAULT_MAX_UPLOAD_MB * 2**20),
+                           metadata={"range": (1, MAX_UPLOAD_MB * 2**20)})
+    max_pixels: int = field(default=DEFAULT_MAX_PIXELS,
+                            metadata={"range": (1, MAX_UPLOAD_PIXELS)})
+
+    def __post_init__(self):
+        check_fields(self)
 
     def describe(self) -> str:
         return (f"images up to {self.max_bytes / 2**20:g} MB and "
@@ -86,34 +92,6 @@ def check_upload(path: str | os.PathLike, limits: Limits = Limits()):
         first = (str(e).strip().splitlines() or [""])[0].replace(str(path), name)[:120]
         raise InbetweeningError(f"{name}: cannot read image ({type(e).__name__}"
                                 f"{': ' * bool(first)}{first})") from None
-
-
-def free_device_memory(device) -> int:
-    """Bytes a CUDA device can still give: its free memory and what torch holds cached unused."""
-    import torch
-
-    free, _ = torch.cuda.mem_get_info(device)
-    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-
-
-def pixel_frame_limit(pipe) -> tuple[int, str]:
-    """The most width x height x frames one segment may ask for, and what sets it.
-
-    The rule, an estimate of a pipeline call's memory: its peak is the VAE decoding all frames
-    at once at full resolution, about VAE_PEAK_TENSORS tensors of (frames, channels, H, W) with
-    the channels of the decoder's last block, in the VAE's dtype. On a GPU the limit is its free
-    memory over those bytes per pixel x frame; on the CPU (whose memory is shared and where time
-    also grows with the work) a fixed CPU_WORK_FACTOR times the model's usual work (its default
-    width x height x frames). The model's usual work is always allowed."""
-    s, _ = pipe.call_settings()
-    width, height, frames = s["width"], s["height"], int(s["num_frames"])
-    usual = width * height * frames
-    if pipe.device.type != "cuda":
-        return CPU_WORK_FACTOR * usual, (f"the CPU ({CPU_WORK_FACTOR}x the model's usual "
-                                         f"{width}x{height} x {frames} frames)")
-    free = free_device_memory(pipe.device)
-    per = pipe.vae.dtype.itemsize * VAE_PEAK_TENSORS * int(pipe.vae.config.block_out_channels[0])
-    return max(usual, free // per), f"the free memory of {pipe.device} ({free / 2**30:.1f} GB)"
 
 
 def describe_model(model) -> str:
@@ -206,26 +184,13 @@ class InbetweenApp:
         steps, and shows them when the recipe is picked), or None / "" for the model's own."""
         return SamplingOptions(
             recipe=recipe or None, method=method, frames=_as_int(frames, "frames"),
-            steps=_as_int(steps, "steps"), size=parse_size((size or "").strip() or None),
+            steps=_as_int(steps, "steps"), size=parse_size(str(size or "").strip() or None),
             fps=_as_int(fps, "fps"),
             motion_bucket_id=None if motion_bucket is None else _as_int(motion_bucket,
                                                                         "motion bucket"),
             noise_aug_strength=None if noise_aug is None else _as_float(noise_aug,
                                                                         "noise augmentation"),
         ).check()
-
-    def check_work(self, settings: dict) -> None:
-        """Refuse, with the reason, a segment larger than :func:`pixel_frame_limit` (after the
-        pipeline's own checks of the size and frame count). ``settings``: the call's resolved
-        settings (:meth:`InbetweenPipeline.call_settings`)."""
-        width, height, frames = settings["width"], settings["height"], settings["num_frames"]
-        self.pipe.check_inputs(height, width, frames, settings["method"],
-                               settings["num_inference_steps"])
-        limit, basis = pixel_frame_limit(self.pipe)
-        if width * height * frames > limit:
-            raise InbetweeningError(
-                f"{width}x{height} x {frames} frames is too large for {basis}: at most "
-                f"{limit:,} pixels x frames per segment; choose a smaller size or fewer frames")
 
     def generate(self, files: list | None, method: str, frames, steps, seed, size: str, fps,
                  loop: bool = False, side_by_side: bool = False, recipe: str | None = None,
@@ -236,7 +201,7 @@ class InbetweenApp:
         message); on bad input (None, None, the reason)."""
         from . import media
         from .inputs import check_aspects
-        from .keyframes import layout
+        from .keyframes import check_options, layout
 
         # (not `progress or ...`: a gr.Progress has a length, 0 until it tracks an iterable)
         report = progress if progress is not None else (lambda *a, **k: None)
@@ -249,8 +214,7 @@ class InbetweenApp:
             check_aspects(images)
             options = self.sampling_options(method, frames, steps, size, fps, recipe,
                                             motion_bucket, noise_aug)
-            settings, _ = self.pipe.call_settings(image=images[0], **options.call_kwargs())
-            self.check_work(settings)
+            settings = check_options(self.pipe, options, images[0])
             seed = _seed(seed)
             closed = layout(images, loop).closed
             with self._lock:
@@ -357,35 +321,47 @@ def _seed(value) -> int:
     return check_seed(seed)
 
 
-def serve(*, host: str = DEFAULT_HOST, port: int | None = None, limits: Limits = Limits(),
-          model=None, backward=None, device=None, dtype=None, compile: bool = False) -> None:
-    """Load the model and serve the page until stopped (Ctrl-C or SIGTERM: the work folder is
-    removed either way)."""
-    import signal
-
-    offline_gradio()
+def _launch(page, host: str, port: int | None, limits: Limits, workdir: Path) -> None:
+    page.queue(default_concurrency_limit=1, max_size=32)
     try:
-        import gradio  # noqa: F401
-    except ImportError:
-        raise InbetweeningError("the app needs Gradio: pip install 'inbetweening[app]'") from None
-    from .loading import load_pipeline
-
-    pipe = load_pipeline(model, backward, device, dtype, compile=compile)
-    workdir = Path(tempfile.mkdtemp(prefix="inbetween-app-"))
-
-    def on_term(signum, frame):  # as Ctrl-C: unwind, so the work folder is cleaned up
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_term)
-    try:
-        page = InbetweenApp(pipe, workdir, limits, describe_model(model)).build()
-        page.queue(default_concurrency_limit=1, max_size=32)
         page.launch(server_name=host, server_port=port, share=False, inbrowser=False,
                     show_error=True, max_file_size=SERVER_UPLOAD_FACTOR * limits.max_bytes,
                     allowed_paths=[str(workdir)], ssr_mode=False, mcp_server=False, pwa=False,
                     enable_monitoring=False)
     except OSError as e:
         raise InbetweeningError(f"cannot listen on {host}:{port}: {e}") from None
+
+
+def serve(*, host: str = DEFAULT_HOST, port: int | None = None, limits: Limits = Limits(),
+          model=None, backward=None, device=None, dtype=None, compile: bool = False) -> None:
+    """Load the model and serve the page until stopped (Ctrl-C or SIGTERM: the work folder is
+    removed either way)."""
+    import signal
+
+    if importlib.util.find_spec("gradio") is None:
+        raise InbetweeningError("the app needs Gradio: pip install 'inbetweening[app]'")
+    try:
+        workdir = Path(tempfile.mkdtemp(prefix="inbetween-app-"))
+    except OSError as e:
+        raise InbetweeningError(f"cannot make the app's work folder in "
+                                f"{tempfile.gettempdir()} ({e.strerror})") from None
+
+    def on_term(signum, frame):  # as Ctrl-C: unwind, so the work folder is cleaned up
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    # Gradio's uploads and cache go into the work folder too (unless GRADIO_TEMP_DIR says
+    # elsewhere), so that nothing of this run is left in the temporary folder after it.
+    gradio_dir = os.environ.setdefault("GRADIO_TEMP_DIR", str(workdir / "gradio"))
+    try:
+        offline_gradio()
+        from .loading import load_pipeline
+
+        pipe = load_pipeline(model, backward, device, dtype, compile=compile)
+        page = InbetweenApp(pipe, workdir, limits, describe_model(model)).build()
+        _launch(page, host, port, limits, workdir)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if gradio_dir == str(workdir / "gradio"):
+            del os.environ["GRADIO_TEMP_DIR"]
         shutil.rmtree(workdir, ignore_errors=True)

@@ -27,7 +27,7 @@ import PIL.Image
 import torch
 
 from . import media
-from .utils import InbetweeningError
+from .utils import InbetweeningError, check_regular_file
 
 IMAGE_SUFFIXES = media.IMAGE_SUFFIXES
 
@@ -111,9 +111,10 @@ def scan(root: str | os.PathLike, span: int) -> ScanReport:
     for images in folders:
         try:
             for f in images:  # headers only: cheap, and catches files that are not images
-                with PIL.Image.open(f):
+                with PIL.Image.open(check_regular_file(f, "an image")):
                     pass
-        except (OSError, PIL.UnidentifiedImageError):
+        except (OSError, InbetweeningError, PIL.UnidentifiedImageError,
+                PIL.Image.DecompressionBombError):
             report.unreadable.append((images[0].parent, f"{f.name} is not an image"))
             continue
         source = Source(images[0].parent, len(images), tuple(images))

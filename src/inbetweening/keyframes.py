@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from . import media
+from .capacity import check_work
 from .inputs import check_aspects, same_image, to_pil
 from .options import SamplingOptions, check_seed
 from .utils import InbetweeningError
@@ -104,8 +105,9 @@ def check_keyframes(keyframes: list, loop: bool = False) -> Layout:
 def check_options(pipe, options: SamplingOptions, image=None) -> dict:
     """The settings a call of ``options`` runs with on this model (as :func:`interpolate` makes
     it; ``image``: the first keyframe, whose shape picks an SVD model's orientation), refused
-    before any sampling when the model cannot take them: frame count, size, steps, a method that
-    needs backward weights the model does not have."""
+    before any sampling when the model cannot take them (frame count, size, steps, a method that
+    needs backward weights the model does not have) or the machine cannot sample them
+    (:func:`inbetweening.capacity.check_work`)."""
     from .backward import loaded_variant
     from .methods import method
 
@@ -115,6 +117,7 @@ def check_options(pipe, options: SamplingOptions, image=None) -> dict:
                                 "FILE, or a model folder with backward.safetensors)")
     pipe.check_inputs(s["height"], s["width"], s["num_frames"], s["method"],
                       s["num_inference_steps"], s["sampler"], s["reinject_at"])
+    check_work(pipe, s)  # the size x frames this machine can sample
     return s
 
 

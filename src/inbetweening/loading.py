@@ -20,16 +20,27 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16
 
 
 def default_device(device: str | None = None) -> torch.device:
+    """The device named (cpu, cuda, cuda:1, mps ...), or by default cuda if available, else the
+    CPU; one that this machine or this torch does not have is refused (a GPU index beyond its
+    GPUs, mps without Apple's GPU, an index on the CPU)."""
     if device in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
-    except RuntimeError:
+    except (RuntimeError, TypeError, ValueError):
         raise InbetweeningError(f"unknown device {device!r} (try cpu, cuda, cuda:1)") from None
     if dev.type not in ("cpu", "cuda", "mps"):
         raise InbetweeningError(f"device {device!r} cannot run a model (try cpu, cuda, cuda:1)")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InbetweeningError(f"device {device!r} asked for, but no CUDA GPU is available")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise InbetweeningError(f"device {device!r} asked for, but this machine or this torch "
+                                "has no MPS (Apple GPU) support")
+    count = {"cpu": 1, "mps": 1, "cuda": dev.type == "cuda" and torch.cuda.device_count()}
+    if dev.index is not None and dev.index >= count[dev.type]:
+        there = f"{count[dev.type]} {dev.type} device{'s' * (count[dev.type] != 1)}"
+        raise InbetweeningError(f"device {device!r} asked for, but there is no such device "
+                                f"(this machine has {there}, numbered from 0)")
     return dev
 
 

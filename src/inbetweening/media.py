@@ -12,8 +12,9 @@ from typing import NamedTuple
 
 import numpy as np
 import PIL.Image
+import PIL.PngImagePlugin
 
-from .utils import InbetweeningError, atomic_path, check_target
+from .utils import InbetweeningError, atomic_path, check_regular_file, check_target
 
 WRITABLE_VIDEOS = (".mp4", ".gif", ".webp")  # (and .zip of PNG frames, or a folder of them)
 READABLE_VIDEOS = (".mp4", ".webm", ".gif", ".mov", ".mkv", ".avi")
@@ -21,10 +22,17 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the date of every frame in a zip (the earliest zip allows)
 
 
+# The most text one PNG text chunk may hold, compressed or not: Pillow's limit on a compressed
+# one's (and on a colour profile's) decompressed size, held to plain tEXt chunks too.
+MAX_PNG_TEXT = PIL.PngImagePlugin.MAX_TEXT_CHUNK
+
+
 def read_image(path: str | os.PathLike, max_pixels: int | None = 64_000_000) -> PIL.Image.Image:
-    """An image file as 8-bit RGB, or a one-line InbetweeningError saying why not. 16-bit and
+    """An image file as 8-bit RGB, or a one-line InbetweeningError saying why not: not a regular
+    file, not an image, larger than ``max_pixels``, a PNG with a text chunk over
+    :data:`MAX_PNG_TEXT` or a colour profile over Pillow's limit, damaged. 16-bit and
     floating-point images are scaled to 8 bits, not clipped."""
-    path = _image_file(path)
+    path = check_regular_file(path, "an image")
     limit = max_pixels or PIL.Image.MAX_IMAGE_PIXELS
     too_large = f"{path}: the image is too large (at most {limit:,} pixels)"
     try:
@@ -35,6 +43,7 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = 64_000_000) -> 
                     raise InbetweeningError(f"{path}: {im.width}x{im.height} is too large "
                                             f"(at most {limit:,} pixels)")
                 im.load()
+                _check_png_text(im, path)
                 return _to_rgb8(im, path)
     except InbetweeningError:
         raise
@@ -46,15 +55,6 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = 64_000_000) -> 
         raise _cannot_read(path, e) from None
 
 
-def _image_file(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise InbetweeningError(f"{path}: no such file")
-    if path.is_dir():
-        raise InbetweeningError(f"{path} is a folder, not an image")
-    return path
-
-
 class ImageSize(NamedTuple):
     width: int
     height: int
@@ -64,7 +64,7 @@ def image_size(path: str | os.PathLike, max_pixels: int | None = 64_000_000) -> 
     """An image file's size from its header alone (nothing decoded: quick, for checking many
     files before any work), or a one-line InbetweeningError: no such file, not an image, too
     large. A file whose pixels are damaged passes; :func:`read_image` finds that out."""
-    path = _image_file(path)
+    path = check_regular_file(path, "an image")
     limit = max_pixels or PIL.Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
@@ -85,6 +85,15 @@ def image_size(path: str | os.PathLike, max_pixels: int | None = 64_000_000) -> 
 def _cannot_read(path: Path, e: Exception) -> InbetweeningError:
     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
     return InbetweeningError(f"{path}: cannot read image ({first})")
+
+
+def _check_png_text(im: PIL.Image.Image, path: Path) -> None:
+    """Refuse a PNG whose text chunks (all read by ``load``) hold more than MAX_PNG_TEXT each."""
+    texts = im.text if isinstance(im, PIL.PngImagePlugin.PngImageFile) else {}
+    longest = max((len(v) for v in texts.values()), default=0)
+    if longest > MAX_PNG_TEXT:
+        raise InbetweeningError(f"{path}: cannot read image (a PNG text chunk of {longest:,} "
+                                f"characters; at most {MAX_PNG_TEXT:,})")
 
 
 def _to_rgb8(im: PIL.Image.Image, path: Path) -> PIL.Image.Image:
@@ -229,14 +238,20 @@ def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
         if not files:
             raise InbetweeningError(f"{path}: no image files in this folder")
         return np.stack([np.asarray(read_image(f)) for f in files]), 0.0
-    if not path.is_file():
-        raise InbetweeningError(f"{path}: no such file")
+    check_regular_file(path, "a video")
+    # Each kind read by the plugin imageio would pick, and only by it: a file it cannot read is
+    # not offered to its other plugins (which would also make ~/.imageio).
+    plugin = {".gif": "pillow", ".webp": "pillow"}.get(path.suffix.lower(), "FFMPEG")
+    if path.suffix.lower() not in (*READABLE_VIDEOS, *WRITABLE_VIDEOS):
+        raise InbetweeningError(f"{path}: not a video file (one of "
+                                f"{', '.join(dict.fromkeys(READABLE_VIDEOS + WRITABLE_VIDEOS))})")
     import imageio.v3 as iio
 
     try:
-        frames = [np.asarray(PIL.Image.fromarray(f).convert("RGB")) for f in iio.imiter(path)]
+        frames = [np.asarray(PIL.Image.fromarray(f).convert("RGB"))
+                  for f in iio.imiter(path, plugin=plugin)]
         try:
-            fps = float(iio.immeta(path).get("fps", 0) or 0)
+            fps = float(iio.immeta(path, plugin=plugin).get("fps", 0) or 0)
         except Exception:  # noqa: BLE001 - metadata is optional
             fps = 0.0
     except Exception as e:  # noqa: BLE001 - any decoder failure is the file's fault here

@@ -13,6 +13,10 @@ command line is derived from it.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
+import types
+import typing
 from dataclasses import dataclass, field
 
 from .methods import METHOD_RECORDS, METHODS, RECIPES
@@ -23,21 +27,131 @@ SAMPLER_NAMES = ("euler", "heun", "dpmpp-2m")
 REINJECT_PLACES = ("first", "middle", "alternate")
 
 FUSES = ("average", "linear")
-# The range of each whole-number option: beyond these a run would never end or make no video.
-LIMITS = {"frames": (3, 1024), "steps": (1, 1000), "fps": (1, 240), "reinject": (0, 50),
-          "max_unet_batch": (1, 1 << 20), "decode_chunk": (1, 1 << 20),
-          "motion_bucket_id": (0, 1023)}
-MAX_GUIDANCE = 100.0
 DUAL_PASSES = ("fused", "reference")
-FITS = ("crop", "stretch")
+# Ranges shared by several commands' options (see check_fields): beyond them a run would never
+# end, make no video, or not fit in memory.
+SEED_RANGE = (0, 2**64 - 1)  # what a torch generator takes
+FRAMES_RANGE = (3, 1024)  # frames per segment or clip, keyframes included
+STEPS_RANGE = (1, 1000)  # denoising steps
+FPS_RANGE = (1, 240)
+SIDE_RANGE = (8, 8192)  # each side of a video, in pixels (multiples of SIZE_MULTIPLE)
 # Sizes are multiples of the VAE's 8 pixels per latent cell (SVD's and the toy models').
 SIZE_MULTIPLE = 8
+FITS = ("crop", "stretch")
+
+
+# == one validation for every command's options =================================================
+#
+# A dataclass field's ``metadata`` describes its values: ``choices`` (the allowed values) and,
+# for numbers, ``range`` = (lo, hi), inclusive unless ``above`` is set (then lo itself is not
+# allowed); a tuple field's range holds for each of its numbers. :func:`check_fields` refuses
+# anything else, NaN and infinity included, with one line naming the option; the command line
+# (inbetweening.commands.args) shows each range in --help.
+
+
+def scalar_type(hint) -> type | None:
+    """What a field annotated ``hint`` holds (int, float, str or bool; for a tuple, what each of
+    its items is), or None for anything else. ``X | None`` is taken as ``X``."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next((a for a in typing.get_args(hint) if a is not type(None)), None)
+    if typing.get_origin(hint) is tuple:
+        hint = typing.get_args(hint)[0]
+    return hint if hint in (int, float, str, bool) else None
+
+
+def field_type(cls, f: dataclasses.Field) -> type:
+    """int, float, str or bool: the type a dataclass field's value is read as from text (the
+    command line, a manifest); a tuple's (a field with its own ``parse``) is str."""
+    kind = scalar_type(typing.get_type_hints(cls)[f.name])
+    return str if kind is None or _holds_several(f) else kind
+
+
+def show_number(value) -> str:
+    """A number as messages and --help show it: 1,024; 2^64-1; 0.5."""
+    if isinstance(value, int) and value >= 1 << 20 and (value & (value + 1) == 0
+                                                        or value & (value - 1) == 0):
+        k = value.bit_length() - (value & (value - 1) == 0)
+        return f"2^{k}" + ("-1" if value & (value + 1) == 0 else "")
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
+
+
+def describe_range(lo, hi, above: bool = False) -> str:
+    """'between 3 and 1,024', or 'above 0 and at most 1' (``above``: lo excluded)."""
+    return (f"above {show_number(lo)} and at most {show_number(hi)}" if above
+            else f"between {show_number(lo)} and {show_number(hi)}")
+
+
+def check_number(name: str, value, lo, hi, *, above: bool = False, whole: bool = False):
+    """``value`` if it is a finite number in the range (a whole one if ``whole``), else a
+    one-line InbetweeningError naming the option ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InbetweeningError(f"{name} must be a number, not {value!r}")
+    if not math.isfinite(value):
+        raise InbetweeningError(f"{name} must be a finite number, not {value}")
+    if whole and not isinstance(value, numbers.Integral):
+        raise InbetweeningError(f"{name} must be a whole number, not {value}")
+    if not (lo < value if above else lo <= value) or value > hi:
+        raise InbetweeningError(f"{name} must be {describe_range(lo, hi, above)}, not {value}")
+    return value
+
+
+def option_name(f: dataclasses.Field) -> str:
+    """How messages name a field: its command-line flag (--reinject-fraction)."""
+    return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+
+
+def check_fields(obj):
+    """Refuse, with one line, a field of the dataclass instance ``obj`` that its metadata does not
+    allow (``choices``, ``range``; see above) or of the wrong kind (a whole number where the
+    field is an int, nothing where it is not optional); returns ``obj``."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value, meta, hint = getattr(obj, f.name), f.metadata, hints[f.name]
+        if value is None:
+            if type(None) not in typing.get_args(hint) and hint is not type(None):
+                raise InbetweeningError(f"{option_name(f)} must be given")
+            continue
+        if "choices" in meta and value not in meta["choices"]:
+            raise InbetweeningError(f"{option_name(f)} must be one of "
+                                    f"{', '.join(map(str, meta['choices']))}, not {value!r}")
+        if "range" in meta:
+            items = value if isinstance(value, (tuple, list)) else (value,)
+            if isinstance(value, (tuple, list)) != _holds_several(f):
+                raise InbetweeningError(f"{option_name(f)} must be "
+                                        f"{'numbers' if _holds_several(f) else 'a number'}, "
+                                        f"not {value!r}")
+            for item in items:
+                check_number(option_name(f), item, *meta["range"],
+                             above=meta.get("above", False), whole=scalar_type(hint) is int)
+    return obj
+
+
+def field_range(cls, name: str) -> tuple:
+    """The (lo, hi) range of the dataclass ``cls``'s field ``name`` (what other front ends, the
+    ComfyUI nodes among them, show their widgets within)."""
+    return next(f.metadata["range"] for f in dataclasses.fields(cls) if f.name == name)
+
+
+def range_help(f: dataclasses.Field) -> str:
+    """A field's range as --help shows it ('' when it has none): ' (3 to 1,024)', ' (over 0,
+    up to 1)'."""
+    if "range" not in f.metadata:
+        return ""
+    lo, hi = f.metadata["range"]
+    text = (f"over {show_number(lo)}, up to {show_number(hi)}" if f.metadata.get("above")
+            else f"{show_number(lo)} to {show_number(hi)}")
+    return f" ({text}{' each' if _holds_several(f) else ''})"
+
+
+def _holds_several(f: dataclasses.Field) -> bool:
+    """Whether the field holds a tuple of numbers (each in its range)."""
+    return "tuple[" in str(f.type)
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
-    """'WxH' -> (width, height), both positive multiples of 8 (a VAE's latent cell); None or ''
-    -> None."""
-    if text in (None, ""):
+    """'WxH' -> (width, height), both positive multiples of 8 (a VAE's latent cell); None ->
+    None ('' is refused: an empty value is not the default)."""
+    if text is None:
         return None
     try:
         w, h = (int(v) for v in str(text).lower().split("x"))
@@ -51,8 +165,8 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
 
 
 def parse_guidance(text: str | None) -> tuple[float, float] | None:
-    """'MIN,MAX' -> (min, max) per-frame guidance scales; None or '' -> None."""
-    if text in (None, ""):
+    """'MIN,MAX' -> (min, max) per-frame guidance scales; None -> None ('' is refused)."""
+    if text is None:
         return None
     try:
         lo, hi = (float(v) for v in str(text).split(","))
@@ -63,9 +177,7 @@ def parse_guidance(text: str | None) -> tuple[float, float] | None:
 
 def check_seed(seed: int) -> int:
     """A seed a torch generator takes: 0 to 2**64 - 1."""
-    if not 0 <= seed < 2**64:
-        raise InbetweeningError(f"a seed must be between 0 and 2**64 - 1, not {seed}")
-    return seed
+    return check_number("--seed", seed, *SEED_RANGE, whole=True)
 
 
 def _help(text: str, **more) -> dict:
@@ -78,35 +190,40 @@ class SamplingOptions:
 
     recipe: str | None = field(default=None, metadata=_help(
         "a named parameter set for the methods sampled with GI's sampler (gi, gi-noft, "
-        "trf-avg, forward): paper (50 steps, 5 re-injections on half: the published recipe, "
-        "175 predictions), balanced (24), fast (10); options given explicitly override it "
+        "trf-avg): paper (50 steps, 5 re-injections on half: the published recipe, 175 "
+        "predictions), balanced (24), fast (10); options given explicitly override it "
         "(default: the model's settings)", choices=tuple(RECIPES)))
     method: str = field(default="gi", metadata=_help(
         "; ".join(f"{m.name}: {m.label}" for m in METHOD_RECORDS.values()) + " (default gi)",
         choices=METHODS))
     frames: int | None = field(default=None, metadata=_help(
-        "frames per segment, keyframes included (default: the model's)"))
+        "frames per segment, keyframes included (default: the model's)", range=FRAMES_RANGE))
     steps: int | None = field(default=None, metadata=_help(
-        "denoising steps (default: the model's recommendation, else 50)"))
+        "denoising steps (default: the model's recommendation, else 50)", range=STEPS_RANGE))
     size: tuple[int, int] | None = field(default=None, metadata=_help(
         "WxH, multiples of 8 (default: the model's; SVD's 1024x576, portrait for a portrait "
-        "first keyframe)", parse=parse_size))
+        "first keyframe); width x height x frames must also fit the machine: on the CPU 4x "
+        "the model's usual work, on a GPU its free memory", parse=parse_size,
+        range=SIDE_RANGE))
     fit: str | None = field(default=None, metadata=_help(
         "crop (default: keyframes centre-cropped to the size's aspect ratio) or stretch",
         choices=FITS))
     fps: int | None = field(default=None, metadata=_help(
-        "frame rate of the output and of the UNet's fps conditioning (default 7)"))
+        "frame rate of the output and of the UNet's fps conditioning (default 7)",
+        range=FPS_RANGE))
     motion_bucket_id: int | None = field(default=None, metadata=_help(
-        "SVD's motion conditioning: more motion when higher (default 127)"))
+        "SVD's motion conditioning: more motion when higher (default 127)", range=(0, 1023)))
     noise_aug_strength: float | None = field(default=None, metadata=_help(
         "noise added to the keyframes before they condition the model: more freedom when higher "
-        "(default 0.02)"))
+        "(default 0.02)", range=(0, 10)))
     guidance: tuple[float, float] | None = field(default=None, metadata=_help(
-        "MIN,MAX per-frame guidance (default 1,3; 1,1 turns CFG off)", parse=parse_guidance))
+        "MIN,MAX per-frame guidance (default 1,3; 1,1 turns CFG off)", parse=parse_guidance,
+        range=(0, 100)))
     reinject: int | None = field(default=None, metadata=_help(
-        "noise re-injections per step (default 5 for two-direction methods)"))
+        "noise re-injections per step (default: the method's; gi: 5, or the model's "
+        "recommendation)", range=(0, 50)))
     reinject_fraction: float | None = field(default=None, metadata=_help(
-        "fraction of the steps that get re-injection (default 0.5)"))
+        "fraction of the steps that get re-injection (default 0.5)", range=(0, 1)))
     reinject_at: str | None = field(default=None, metadata=_help(
         "which steps get re-injection: first (default, as published), middle, alternate (every "
         "other step)", choices=REINJECT_PLACES))
@@ -120,44 +237,17 @@ class SamplingOptions:
         "with explicit maps", choices=DUAL_PASSES))
     max_unet_batch: int | None = field(default=None, metadata=_help(
         "split the fused UNet batch into calls of at most this many rows, to save memory "
-        "(default: one call)"))
+        "(default: one call)", range=(1, 1 << 20)))
     decode_chunk: int | None = field(default=None, metadata=_help(
-        "frames decoded at once (default: all)"))
+        "frames decoded at once (default: all)", range=(1, 1 << 20)))
 
     def replace(self, **changes) -> "SamplingOptions":
         return dataclasses.replace(self, **changes)
 
     def check(self) -> "SamplingOptions":
-        """Refuse values no model can take, before any model is loaded; returns self."""
-        if self.recipe is not None and self.recipe not in RECIPES:
-            raise InbetweeningError(f"unknown recipe {self.recipe!r}; choose from "
-                                    f"{', '.join(RECIPES)}")
-        if self.method not in METHODS:
-            raise InbetweeningError(f"unknown method {self.method!r}; choose from "
-                                    f"{', '.join(METHODS)}")
-        for name, (lo, hi) in LIMITS.items():
-            value = getattr(self, name)
-            if value is not None and not lo <= value <= hi:
-                raise InbetweeningError(f"{name.replace('_', '-')} must be between {lo} and {hi}, "
-                                        f"not {value}")
-        if self.noise_aug_strength is not None and not 0 <= self.noise_aug_strength <= 10:
-            raise InbetweeningError(f"noise-aug-strength must be between 0 and 10, not "
-                                    f"{self.noise_aug_strength}")
-        if self.reinject_fraction is not None and not 0 <= self.reinject_fraction <= 1:
-            raise InbetweeningError(f"reinject-fraction must be between 0 and 1, not "
-                                    f"{self.reinject_fraction}")
-        if self.guidance is not None:
-            lo, hi = self.guidance
-            if not (0 <= lo <= MAX_GUIDANCE and 0 <= hi <= MAX_GUIDANCE):
-                raise InbetweeningError(f"guidance scales must be between 0 and {MAX_GUIDANCE}, "
-                                        f"not {lo},{hi}")
-        for name, allowed in (("fuse", FUSES), ("sampler", SAMPLER_NAMES), ("fit", FITS),
-                              ("reinject_at", REINJECT_PLACES), ("dual_pass", DUAL_PASSES)):
-            value = getattr(self, name)
-            if value is not None and value not in allowed:
-                raise InbetweeningError(f"{name.replace('_', '-')} must be one of "
-                                        f"{', '.join(allowed)}, not {value!r}")
-        return self
+        """Refuse values no model can take (each field's choices and range, see
+        :func:`check_fields`), before any model is loaded; returns self."""
+        return check_fields(self)
 
     def call_kwargs(self) -> dict:
         """InbetweenPipeline keyword arguments: what was set (the recipe by its name), nothing

@@ -57,10 +57,10 @@ from tqdm.auto import tqdm
 
 from . import attention, backbones, backward, conditioning
 from .backbones import Rows
-from .train_config import CLIPS, COND_AUGS, DUAL_PASSES, PRECISIONS, SAVE_DTYPES, TrainConfig
+from .train_config import DUAL_PASSES, TrainConfig
 from .utils import (
-    FOLDER_KINDS, InbetweeningError, atomic_torch_save, check_target, folder_mark, mix_seed,
-    why_protected,
+    FOLDER_KINDS, InbetweeningError, atomic_torch_save, check_target, check_writable, folder_mark,
+    mix_seed, why_protected,
 )
 
 LOG_FILE = "log.csv"
@@ -380,26 +380,17 @@ def _weight_dtype(mixed_precision: str) -> torch.dtype:
 
 
 def check_config(cfg: TrainConfig) -> None:
+    """Every option within its choices and range (:meth:`TrainConfig.check`), the device one
+    this machine has, the data there and the output writable: before any work."""
     if cfg.data is None:
         raise InbetweeningError("give the training clips with --data DIR")
+    cfg.check()
+    if cfg.device is not None:
+        from .loading import default_device
+
+        default_device(cfg.device)
     if not Path(cfg.data).exists():
         raise InbetweeningError(f"data folder not found: {cfg.data}")
-    backward._check_variant(cfg.variant)
-    if cfg.dual_pass not in DUAL_PASSES:
-        raise InbetweeningError(f"--dual-pass must be one of {', '.join(DUAL_PASSES)}")
-    if cfg.cond_aug not in COND_AUGS:
-        raise InbetweeningError("--cond-aug must be 'pixel' or 'latent'")
-    if cfg.clips not in CLIPS:
-        raise InbetweeningError("--clips must be 'random' or 'fixed'")
-    if cfg.mixed_precision not in (None, *PRECISIONS):
-        raise InbetweeningError("--mixed-precision must be no, fp16 or bf16")
-    if cfg.save_dtype not in SAVE_DTYPES:
-        raise InbetweeningError("--save-dtype must be fp32, fp16 or bf16")
-    for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints"):
-        if getattr(cfg, name) < 1:
-            raise InbetweeningError(f"--{name.replace('_', '-')} must be at least 1")
-    if cfg.lr <= 0 or cfg.p_std < 0 or (cfg.sigma_set and min(cfg.sigma_set) <= 0):
-        raise InbetweeningError("--lr and every sigma must be positive, --p-std not negative")
     check_output(cfg)
 
 
@@ -424,6 +415,7 @@ def check_output(cfg: TrainConfig) -> None:
         why = f"this tool wrote it as {FOLDER_KINDS.get(mark.get('kind'), 'something else')}"
     if why:
         raise InbetweeningError(f"will not train into the folder {out}: {why}")
+    check_writable(out)
 
 
 # What every checkpoint holds (see _save_checkpoint).

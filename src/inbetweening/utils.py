@@ -3,20 +3,39 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import glob
 import json
 import os
 import re
 import shutil
+import stat
 import tempfile
-import typing
 from collections.abc import Iterable
 from pathlib import Path
 
 
 class InbetweeningError(Exception):
     """An error caused by the user's input; the CLI prints its message on one line and exits 2."""
+
+
+def check_regular_file(path: str | os.PathLike, what: str = "a file") -> Path:
+    """``path`` if it is a regular file (links followed), else a one-line InbetweeningError: it
+    is missing, a folder, or a pipe, device or socket, which is never opened (reading a FIFO
+    waits for a writer, maybe forever). ``what``: what the file should be, for the message."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise InbetweeningError(f"{path}: no such file") from None
+    except OSError as e:
+        raise InbetweeningError(f"{path}: cannot read it ({e.strerror or type(e).__name__})") \
+            from None
+    if stat.S_ISDIR(mode):
+        raise InbetweeningError(f"{path} is a folder, not {what}")
+    if not stat.S_ISREG(mode):
+        raise InbetweeningError(f"{path} is not a regular file (a pipe, device or socket), not "
+                                f"{what}")
+    return path
 
 
 # Every folder this tool writes holds this file: what kind of folder it is and the names it
@@ -71,12 +90,33 @@ def why_protected(path: str | os.PathLike,
     return None
 
 
+def check_writable(folder: str | os.PathLike) -> Path:
+    """Refuse, before any work, a ``folder`` where nothing can be written (read-only, a virtual
+    file system such as /proc, no permission): an empty file is created and removed in it or, if
+    it does not exist yet, in the nearest folder above it that does (where it would be made).
+    Returns that folder."""
+    here = Path(folder).absolute()
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    if not here.is_dir():
+        raise InbetweeningError(f"cannot write into {folder}: {here} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".inbetweening-write-test.", dir=here)
+    except OSError as e:
+        raise InbetweeningError(f"cannot write into {here} ({e.strerror or type(e).__name__})") \
+            from None
+    os.close(fd)
+    os.unlink(probe)
+    return here
+
+
 def check_target(path: str | os.PathLike, overwrite: bool, *, folder: bool | None = None,
                  inputs: Iterable[str | os.PathLike] = (), kind: str = "output") -> Path:
-    """Check, before any work, that ``path`` can be written: not empty, its parent not a file,
-    not existing unless ``overwrite``. What exists is replaced only if :func:`why_protected`
-    finds nothing against it (``inputs``: what the run reads) and, for a folder, only if this
-    tool wrote it as a folder of ``kind`` (:func:`owned_folder`) and it holds no model.
+    """Check, before any work, that ``path`` can be written: not empty, its parent not a file
+    and writable (:func:`check_writable`), not existing unless ``overwrite``. What exists is
+    replaced only if :func:`why_protected` finds nothing against it (``inputs``: what the run
+    reads) and, for a folder, only if this tool wrote it as a folder of ``kind``
+    (:func:`owned_folder`) and it holds no model.
     ``folder``: whether the output is a folder (True), a file (False) or either (None)."""
     if kind not in FOLDER_KINDS:
         raise ValueError(f"kind must be one of {', '.join(FOLDER_KINDS)}, not {kind!r}")
@@ -88,6 +128,7 @@ def check_target(path: str | os.PathLike, overwrite: bool, *, folder: bool | Non
             if not parent.is_dir():
                 raise InbetweeningError(f"cannot write {path}: {parent} is a file, not a folder")
             break
+    check_writable(path.parent)
     if not (path.exists() or path.is_symlink()):
         return path
     if not overwrite:
@@ -205,14 +246,6 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-
-
-def field_type(cls, f: dataclasses.Field) -> type:
-    """int, float, str or bool: the type a dataclass field's value is read as from text (the
-    command line, a manifest); other types (tuples: fields with their own ``parse``) are str."""
-    hint = typing.get_type_hints(cls)[f.name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
-    return args[0] if args[0] in (int, float, str, bool) else str
 
 
 def mix_seed(seed: int, *keys: int, scale: int = 7_919, offset: int = 12_345) -> int:

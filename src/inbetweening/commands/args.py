@@ -5,6 +5,8 @@ A field's ``metadata`` says how it appears on the command line: ``help``; ``choi
 name, default ``--field-name``); ``short`` (e.g. ``-o``); ``required``; ``group`` (a heading in
 ``--help``); ``negate`` (for a True-by-default bool: the flag that turns it off, e.g.
 ``--no-progress``); ``cli`` False to leave a field out. Booleans that default to False are flags.
+A field's ``range`` (see :func:`inbetweening.options.check_fields`, which :func:`from_args` applies
+to what it builds) is shown in its help.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ..utils import InbetweeningError, field_type
+from ..options import check_fields, field_type, range_help, show_number
+from ..utils import InbetweeningError
 
 
 def add_dataclass_args(parser: argparse.ArgumentParser, cls, defaults=None,
@@ -51,18 +54,19 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, defaults=None,
             f" (default {_show(default)})"
         where.add_argument(*flags, dest=f.name, type=None if "parse" in meta else kind,
                            default=None if "parse" in meta else default,
-                           help=help_text + shown, **extra)
+                           help=help_text + range_help(f) + shown, **extra)
 
 
 def _show(value) -> str:
     if isinstance(value, (tuple, list)):
         return ",".join(str(v) for v in value)
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return show_number(value) if isinstance(value, (int, float)) else str(value)
 
 
 def from_args(cls, args: argparse.Namespace, defaults=None, **overrides):
     """The ``cls`` instance the parsed ``args`` describe (fields parsed with their ``parse``
-    functions; fields without an option keep ``defaults``' values)."""
+    functions; fields without an option keep ``defaults``' values), its fields checked
+    (:func:`~inbetweening.options.check_fields`)."""
     defaults = defaults if defaults is not None else cls()
     values = {}
     for f in dataclasses.fields(cls):
@@ -74,6 +78,7 @@ def from_args(cls, args: argparse.Namespace, defaults=None, **overrides):
         values[f.name] = value
     values.update(overrides)
     try:
-        return dataclasses.replace(defaults, **values)
+        made = dataclasses.replace(defaults, **values)
     except (TypeError, ValueError) as e:
         raise InbetweeningError(str(e)) from None
+    return check_fields(made)

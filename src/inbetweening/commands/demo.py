@@ -3,7 +3,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
+from ..options import STEPS_RANGE
+from .args import add_dataclass_args, from_args
 from .common import add_model_args
+
+
+@dataclass
+class DemoSettings:
+    """The demo's own options (their ranges checked by options.check_fields)."""
+
+    pairs: int = field(default=3, metadata={"help": "keyframe pairs", "range": (1, 100)})
+    steps: int | None = field(default=None, metadata={
+        "help": "denoising steps (default: model's)", "range": STEPS_RANGE})
+    seed: int = field(default=0, metadata={  # (pair i is sampled with seed + i)
+        "help": "sampling seed", "range": (0, 2**63 - 1)})
 
 
 def run(args) -> None:
@@ -12,6 +27,7 @@ def run(args) -> None:
     from ..locate import check_backward, model_inputs
     from ..utils import check_target
 
+    settings = from_args(DemoSettings, args)
     check_backward(args.backward)  # (what needs no model, before torch is imported)
     check_target(args.output, args.overwrite, folder=True,
                  inputs=model_inputs(args.model, args.backward))
@@ -22,10 +38,10 @@ def run(args) -> None:
                          compile=args.compile)
     pipe.set_progress_bar_config(disable=True)
     kw = {}
-    if args.steps is not None:
-        kw["num_inference_steps"] = args.steps
-    run_demo(pipe, Path(args.output), pairs=args.pairs, seed=args.seed, overwrite=args.overwrite,
-             call_kwargs=kw)
+    if settings.steps is not None:
+        kw["num_inference_steps"] = settings.steps
+    run_demo(pipe, Path(args.output), pairs=settings.pairs, seed=settings.seed,
+             overwrite=args.overwrite, call_kwargs=kw)
 
 
 def add_command(sub) -> None:
@@ -38,8 +54,6 @@ def add_command(sub) -> None:
                                    "PNG contact sheet, and the tracker's metrics (metrics.md).")
     p.add_argument("-o", "--output", default="out/demo", help="folder to write (default out/demo)")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--pairs", type=int, default=3, help="keyframe pairs (default 3)")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: model's)")
-    p.add_argument("--seed", type=int, default=0)
+    add_dataclass_args(p, DemoSettings)
     add_model_args(p)
     p.set_defaults(func=run)

@@ -4,20 +4,19 @@
 from __future__ import annotations
 
 from ..evaluation import ALL_METHODS, DEFAULT_METHODS
-from ..options import parse_size
-from ..utils import InbetweeningError
+from ..evaluation.set_options import ToySetOptions, VideoSetOptions
+from ..options import SEED_RANGE, describe_range
+from .args import add_dataclass_args, from_args
 from .common import add_model_args, add_sampling_args, sampling_options
-
-WORLD_NAMES = ("toy", "ambiguous")  # inbetweening.toy.world.WORLDS, named without importing torch
 
 
 def benchmark_make(args) -> None:
     from ..evaluation import make_video_set
 
-    out, counts = make_video_set(args.videos, args.out, gap=args.gap,
-                                 pairs_per_video=args.pairs_per_video, frames=args.frames,
-                                 size=parse_size(args.size), model=args.model,
-                                 overwrite=args.overwrite)
+    options = from_args(VideoSetOptions, args).check()
+    out, counts = make_video_set(args.videos, args.out, gap=options.gap,
+                                 pairs_per_video=options.pairs_per_video, frames=options.frames,
+                                 size=options.size, model=args.model, overwrite=args.overwrite)
     print(f"wrote {out}: {counts['pairs']} pairs from {counts['videos']} videos "
           f"({counts['unreadable']} unreadable, {counts['too_short']} too short, skipped)")
 
@@ -25,12 +24,11 @@ def benchmark_make(args) -> None:
 def benchmark_toy(args) -> None:
     from ..evaluation import make_toy_set
 
-    size = parse_size(args.size)
-    if size is not None and size[0] != size[1]:
-        raise InbetweeningError("toy clips are square: give --size like 64x64")
-    out = make_toy_set(args.out, args.n, args.seed, frames=args.frames,
-                       size=size[0] if size else None, world_name=args.world, overwrite=args.overwrite)
-    print(f"wrote {out}: {args.n} held-out toy pairs")
+    options = from_args(ToySetOptions, args).check()
+    out = make_toy_set(args.out, options.n, options.seed, frames=options.frames,
+                       size=options.size[0] if options.size else None, world_name=options.world,
+                       overwrite=args.overwrite)
+    print(f"wrote {out}: {options.n} held-out toy pairs")
 
 
 def run_evaluate(args) -> None:
@@ -57,28 +55,15 @@ def add_command(sub) -> None:
     make.add_argument("--videos", required=True, help="folder of videos (mp4, webm, gif, mov, "
                                                       "mkv, avi) or of frame folders")
     make.add_argument("--out", required=True, help="set folder to write")
-    make.add_argument("--gap", type=int, default=25, help="frames between the keyframes "
-                                                          "(default 25)")
-    make.add_argument("--pairs-per-video", type=int, default=1,
-                      help="pairs taken from each video, spread over it (default 1)")
-    make.add_argument("--frames", type=int, default=None,
-                      help="frames of the true clip, keyframes included (default: the model's)")
-    make.add_argument("--size", default=None, help="WxH, multiples of 8 (default: the model's)")
+    add_dataclass_args(make, VideoSetOptions)
     make.add_argument("--model", default=None, help="model whose frame count and size to use "
                                                     "(default: the bundled toy model)")
     make.add_argument("--overwrite", action="store_true")
     make.set_defaults(func=benchmark_make)
 
     toy = bsub.add_parser("toy", help="held-out toy clips with ground-truth tracks")
-    toy.add_argument("--n", type=int, default=16, help="number of pairs (default 16)")
-    toy.add_argument("--seed", type=int, default=None,
-                     help="toy seed, at least the held-out seed 1000000 (default)")
     toy.add_argument("--out", required=True, help="set folder to write")
-    toy.add_argument("--frames", type=int, default=None, help="frames per clip (default: the toy "
-                                                              "world's, 8)")
-    toy.add_argument("--size", default=None, help="WxH, square, multiple of 64 (default 64x64)")
-    toy.add_argument("--world", default="toy", choices=WORLD_NAMES,
-                     help="toy (default) or ambiguous (each vehicle slow or fast)")
+    add_dataclass_args(toy, ToySetOptions)
     toy.add_argument("--overwrite", action="store_true")
     toy.set_defaults(func=benchmark_toy)
 
@@ -102,8 +87,9 @@ def add_command(sub) -> None:
     ev.add_argument("--overwrite", action="store_true",
                     help="discard results already in --out and start afresh")
     add_model_args(ev)
-    ev.add_argument("--seed", type=int, default=0, help="base seed; each pair gets its own seed "
-                                                        "from it and the pair's id (default 0)")
+    ev.add_argument("--seed", type=int, default=0,
+                    help=f"base seed ({describe_range(*SEED_RANGE)}); each pair gets its own seed "
+                         "from it and the pair's id (default 0)")
     add_sampling_args(ev, skip=("method", "frames", "size"))
     ev.add_argument("--lpips-weights", default=None, help="LPIPS network (TorchScript)")
     ev.add_argument("--inception-weights", default=None, help="FID Inception (TorchScript)")

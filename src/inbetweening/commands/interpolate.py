@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..options import check_seed
+from ..options import SEED_RANGE, check_seed, describe_range
 from ..utils import InbetweeningError
 from .common import add_model_args, add_sampling_args, sampling_options
 
@@ -86,7 +86,8 @@ def add_command(sub) -> None:
                    help="show the keyframes beside the video")
     add_model_args(p)
     add_sampling_args(p)
-    p.add_argument("--seed", type=int, default=None, help="random seed (printed when not given)")
+    p.add_argument("--seed", type=int, default=None,
+                   help=f"random seed, {describe_range(*SEED_RANGE)} (printed when not given)")
     p.add_argument("--num-videos", type=int, default=1,
                    help="videos to make (default 1), written as OUT-1, OUT-2 ...; the first is "
                         "the video of a one-video run with the same seed")

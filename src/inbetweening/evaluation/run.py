@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import shutil
 import time
@@ -11,8 +12,8 @@ from pathlib import Path
 from ..locate import model_inputs, resolve_model
 from ..methods import BACKWARD_METHODS
 from ..methods import METHODS as DIFFUSION_METHODS
-from ..options import SamplingOptions
-from ..utils import InbetweeningError, why_protected
+from ..options import SamplingOptions, check_seed
+from ..utils import InbetweeningError, check_writable, why_protected
 from .report import write_report
 from .results import (
     SETTINGS, Settings, load_record, record_path, save_npz, video_path, write_json,
@@ -21,6 +22,20 @@ from .scoring import (
     SET_BY_THE_SET, FeatureNets, generate, pair_seed, parse_methods, sampling_call, score,
 )
 from .sets import BenchmarkSet, load_set
+
+
+# What evaluation imports beyond the library (``pip install 'inbetweening[eval]'``): SSIM,
+# the flow baseline and the toy sets' blending score (OpenCV), the plots.
+EVAL_EXTRA = ("torchmetrics", "cv2", "matplotlib")
+
+
+def check_eval_extra() -> None:
+    """Refuse at once, in one line, an install without the ``eval`` extra (rather than fail
+    after the first video is made)."""
+    missing = [name for name in EVAL_EXTRA if importlib.util.find_spec(name) is None]
+    if missing:
+        raise InbetweeningError(f"evaluation needs the eval extra (no {', '.join(missing)} in "
+                                "this install): pip install 'inbetweening[eval]'")
 
 
 def _options(options) -> SamplingOptions:
@@ -51,6 +66,7 @@ def _check_results_folder(out: Path, settings: Settings, overwrite: bool, inputs
         raise InbetweeningError(f"{out} exists and is not a folder")
     if why := why_protected(out, inputs):
         raise InbetweeningError(f"will not write results into {out}: {why}")
+    check_writable(out)
     settings_path = out / SETTINGS
     if settings_path.is_file() and not overwrite:
         try:
@@ -87,7 +103,9 @@ def _load_model(methods, bset, options, model, backward, device, dtype, state, q
             raise InbetweeningError(f"method {m!r} needs backward weights (--backward FILE, or a "
                                     "model folder with backward.safetensors)")
     for m in diffusion:  # frame count, size and steps the model can take
-        s, _ = pipe.call_settings(**sampling_call(options, m, bset, pipe))
+        s, notes = pipe.call_settings(**sampling_call(options, m, bset, pipe))
+        for note in notes if not quiet and state.is_main_process else ():
+            print(f"note: {note}")
         pipe.check_inputs(s["height"], s["width"], s["num_frames"], m, s["num_inference_steps"],
                           s["sampler"], s["reinject_at"])
     return pipe
@@ -151,6 +169,8 @@ def evaluate(set_path, methods, out, *, model=None, backward=None, device=None, 
     after each record is written. ``compile``: ``torch.compile`` the UNet."""
     from ..loading import distributed_state
 
+    check_eval_extra()
+    check_seed(seed)
     bset = load_set(set_path)
     methods = parse_methods(methods if isinstance(methods, str) else ",".join(methods))
     options = _options(options)

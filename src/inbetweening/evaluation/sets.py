@@ -14,8 +14,9 @@ import PIL.Image
 import PIL.ImageOps
 
 from .. import media
-from ..utils import InbetweeningError, atomic_path
+from ..utils import InbetweeningError, atomic_path, check_regular_file
 from .results import readable_json
+from .set_options import ToySetOptions, VideoSetOptions, check_toy_work, check_video_work
 
 MANIFEST = "manifest.json"
 SET_FORMAT = "inbetweening-set/1"
@@ -95,6 +96,7 @@ def load_set(path: str | Path) -> BenchmarkSet:
         for pair in pairs:
             _check_sprites(manifest_path, pair, frames)
     for pair in pairs:
+        _check_keyframes(manifest_path, pair)
         _check_clip(manifest_path, pair, frames, width, height)
     return BenchmarkSet(root=root, kind=kind, frames=frames, width=width, height=height,
                         pairs=pairs, digest=hashlib.sha256(text).hexdigest()[:16])
@@ -121,6 +123,15 @@ def _check_sprites(manifest_path: Path, pair: Pair, frames: int) -> None:
             raise bad(f"each sprite needs an RGB color and {frames} (x, y) centers")
 
 
+def _check_keyframes(manifest_path: Path, pair: Pair) -> None:
+    """Both keyframes read as images (a run would stop at the pair otherwise, after work)."""
+    for path in (pair.start, pair.end):
+        try:
+            media.read_image(path)
+        except InbetweeningError as e:
+            raise InbetweeningError(f"{manifest_path}: pair {pair.id}: {e}") from None
+
+
 def _check_clip(manifest_path: Path, pair: Pair, frames: int, width: int, height: int) -> None:
     """The true clip has the set's frame count and size (checked on its PNG frames' headers),
     so a run does not stop half-way on a pair that cannot be scored."""
@@ -130,9 +141,9 @@ def _check_clip(manifest_path: Path, pair: Pair, frames: int, width: int, height
     size = None
     if files:
         try:
-            with PIL.Image.open(files[0]) as im:
+            with PIL.Image.open(check_regular_file(files[0], "an image")) as im:
                 size = im.size
-        except (OSError, ValueError):
+        except (OSError, ValueError, InbetweeningError):
             size = None
     if len(files) != frames or size != (width, height):
         raise InbetweeningError(f"{manifest_path}: pair {pair.id}: the true clip has "
@@ -160,25 +171,21 @@ def make_toy_set(out: str | Path, n: int, seed: int | None = None, *, frames: in
                  size: int | None = None, world_name: str = "toy",
                  overwrite: bool = False) -> Path:
     """A set of ``n`` held-out toy clips (vehicles kept in view) with their true tracks, from
-    the named toy ``world`` (see :data:`inbetweening.toy.world.WORLDS`)."""
+    the named toy ``world`` (see :data:`inbetweening.toy.world.WORLDS`). The options' ranges and
+    the machine's bounds: :mod:`.set_options`."""
     from ..toy import world
 
-    seed = world.HELD_OUT_SEED if seed is None else int(seed)
+    ToySetOptions(n=n, seed=seed, frames=frames, size=None if size is None else (size, size),
+                  world=world_name).check()
+    seed = world.HELD_OUT_SEED if seed is None else seed
     if seed < world.HELD_OUT_SEED:
         raise InbetweeningError(f"toy sets use held-out seeds (>= {world.HELD_OUT_SEED}); seeds "
                                 "below are training data")
-    if n < 1:
-        raise InbetweeningError("--n must be at least 1")
-    if world_name not in world.WORLDS:
-        raise InbetweeningError(f"unknown toy world {world_name!r}; choose from "
-                                f"{', '.join(world.WORLDS)}")
     base = world.WORLDS[world_name]
     cfg = dataclasses.replace(base, frames=frames or base.frames, size=size or base.size)
-    if cfg.frames < 3 or cfg.size % 64 or cfg.size < 64:
-        raise InbetweeningError("toy sets need at least 3 frames and a size that is a multiple "
-                                "of 64")
     if why := world.why_not_in_view(cfg):
         raise InbetweeningError(f"cannot make toy pairs: {why}")
+    check_toy_work(n, cfg.frames, cfg.size)
     out = Path(out)
     if out.exists() and not overwrite:
         raise InbetweeningError(f"{out} already exists (pass --overwrite to replace it)")
@@ -275,16 +282,15 @@ def make_video_set(videos: str | Path, out: str | Path, *, gap: int = 25,
     """A set from a folder of videos, as the paper made its DAVIS and Pexels pairs: keyframes
     ``gap`` frames apart, the true clip between them resampled to ``frames`` frames (nearest
     source frame at evenly spaced times), all centre-cropped and resized to ``size`` (W, H).
-    ``frames`` and ``size`` default to the model's. Returns the folder and counts."""
+    ``frames`` and ``size`` default to the model's. Returns the folder and counts. The options'
+    ranges and the machine's bounds: :mod:`.set_options`."""
     from tqdm.auto import tqdm
 
+    VideoSetOptions(gap=gap, pairs_per_video=pairs_per_video, frames=frames,
+                    size=None if size is None else tuple(size)).check()
     out = Path(out)
     if out.exists() and not overwrite:
         raise InbetweeningError(f"{out} already exists (pass --overwrite to replace it)")
-    if gap < 2:
-        raise InbetweeningError("--gap must be at least 2 frames")
-    if pairs_per_video < 1:
-        raise InbetweeningError("--pairs-per-video must be at least 1")
     geometry = model_geometry(model)
     if frames is None or size is None:
         if geometry is None:
@@ -297,8 +303,7 @@ def make_video_set(videos: str | Path, out: str | Path, *, gap: int = 25,
         frames = frames or geometry[0]
         size = size or geometry[1:]
     width, height = size
-    if frames < 3:
-        raise InbetweeningError("--frames must be at least 3")
+    check_video_work(frames, width, height)
     sources = _video_sources(Path(videos))
     counts = {"videos": len(sources), "unreadable": 0, "too_short": 0, "pairs": 0}
     entries = []

@@ -24,9 +24,9 @@ from pathlib import Path, PurePosixPath
 
 from .. import media
 from ..keyframes import segment_pairs
-from ..options import SamplingOptions, check_seed
+from ..options import SamplingOptions, check_seed, field_type
 from ..inputs import check_aspects
-from ..utils import InbetweeningError, field_type
+from ..utils import InbetweeningError
 
 SHOT_COLUMNS = ("keyframes", "output", "seed", "loop", "side_by_side")
 OPTION_FIELDS = {f.name: f for f in dataclasses.fields(SamplingOptions)}
