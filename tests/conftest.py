@@ -96,3 +96,20 @@ def toy_clips_dir(tmp_path_factory):
     for i, video in enumerate(make_clips(0, 2).video.permute(0, 1, 3, 4, 2).numpy()):
         media.write_video(video, root / f"clip{i}")
     return root
+
+
+@pytest.fixture(scope="module")
+def toy_keyframe_files(tmp_path_factory):
+    """The first and last frames of a held-out toy clip (its vehicles kept in view), as PNGs."""
+    import numpy as np
+    import PIL.Image
+
+    from inbetweening.toy.world import HELD_OUT_SEED, make_clip
+
+    folder = tmp_path_factory.mktemp("toy-keys")
+    video = (make_clip(HELD_OUT_SEED, 3, stay_in_view=True).video[0].permute(0, 2, 3, 1).numpy()
+             * 255).round().astype(np.uint8)
+    paths = [folder / "a.png", folder / "b.png"]
+    PIL.Image.fromarray(video[0]).save(paths[0])
+    PIL.Image.fromarray(video[-1]).save(paths[1])
+    return paths

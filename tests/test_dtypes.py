@@ -4,23 +4,10 @@ the frames fp32 gives (the toy autoencoder computes in fp32 whatever its weights
 from __future__ import annotations
 
 import numpy as np
-import PIL.Image
 import pytest
 import torch
 
 from inbetweening import cli, media
-from inbetweening.toy.world import HELD_OUT_SEED, make_clip
-
-
-@pytest.fixture(scope="module")
-def keyframes(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("keys")
-    video = (make_clip(HELD_OUT_SEED, 0, stay_in_view=True).video[0].permute(0, 2, 3, 1).numpy()
-             * 255).round().astype(np.uint8)
-    paths = [folder / "a.png", folder / "b.png"]
-    PIL.Image.fromarray(video[0]).save(paths[0])
-    PIL.Image.fromarray(video[-1]).save(paths[1])
-    return paths
 
 
 def generate(keyframes, out, dtype):
@@ -31,7 +18,7 @@ def generate(keyframes, out, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
-def test_half_precision_works_on_the_toy_model(dtype, keyframes, tmp_path, monkeypatch):
+def test_half_precision_works_on_the_toy_model(dtype, toy_keyframe_files, tmp_path, monkeypatch):
     from inbetweening import loading
 
     loaded = []
@@ -42,8 +29,8 @@ def test_half_precision_works_on_the_toy_model(dtype, keyframes, tmp_path, monke
         return loaded[-1]
 
     monkeypatch.setattr(loading, "load_pipeline", spy)
-    full = generate(keyframes, tmp_path / "fp32", None)
-    half = generate(keyframes, tmp_path / dtype, dtype)
+    full = generate(toy_keyframe_files, tmp_path / "fp32", None)
+    half = generate(toy_keyframe_files, tmp_path / dtype, dtype)
     assert loaded[0].unet.dtype == torch.float32
     assert loaded[1].unet.dtype == loaded[1].image_encoder.dtype == loading.DTYPES[dtype]
     assert half.shape == full.shape == (8, 64, 64, 3)

@@ -21,21 +21,8 @@ from inbetweening.locate import BUNDLED_MODEL, bundled_model
 needs_toy = pytest.mark.skipif(bundled_model() is None, reason="no bundled toy model")
 
 
-@pytest.fixture(scope="module")
-def toy_keyframes(tmp_path_factory):
-    from inbetweening.toy.world import HELD_OUT_SEED, make_clip
-
-    folder = tmp_path_factory.mktemp("keys")
-    video = (make_clip(HELD_OUT_SEED, 3, stay_in_view=True).video[0].permute(0, 2, 3, 1).numpy()
-             * 255).round().astype(np.uint8)
-    paths = [folder / "a.png", folder / "b.png"]
-    PIL.Image.fromarray(video[0]).save(paths[0])
-    PIL.Image.fromarray(video[-1]).save(paths[1])
-    return paths
-
-
 @needs_toy
-def test_python_the_command_line_and_the_app_make_the_same_frames(toy_keyframes, tmp_path):
+def test_python_the_command_line_and_the_app_make_the_same_frames(toy_keyframe_files, tmp_path):
     """The bundled toy model with nothing set but the seed: pipe(...), `inbetween interpolate`
     and the app resolve the same settings (the model's recommended 25 steps and 3 re-injections)
     and make the same frames."""
@@ -44,18 +31,18 @@ def test_python_the_command_line_and_the_app_make_the_same_frames(toy_keyframes,
 
     pipe = InbetweenPipeline.from_pretrained("toy")  # a bundled model by its name, as the CLI
     pipe.set_progress_bar_config(disable=True)
-    images = [PIL.Image.open(p).convert("RGB") for p in toy_keyframes]
+    images = [PIL.Image.open(p).convert("RGB") for p in toy_keyframe_files]
     python = pipe(*images, generator=torch.Generator().manual_seed(3), output_type="np")
     assert pipe.num_predictions == 61  # the model's recommendation, not the pipeline's 175
     python = np.stack(media.as_uint8(python.frames[0]))
 
-    assert cli.main(["interpolate", *map(str, toy_keyframes), "-o", str(tmp_path / "cli"),
+    assert cli.main(["interpolate", *map(str, toy_keyframe_files), "-o", str(tmp_path / "cli"),
                      "--seed", "3", "--device", "cpu"]) == 0
     command_line, _ = media.read_video(tmp_path / "cli")
 
     app = InbetweenApp(pipe, tmp_path / "app")
     d = app.defaults()
-    _, files, message = app.generate([str(p) for p in toy_keyframes], d["method"], d["frames"],
+    _, files, message = app.generate([str(p) for p in toy_keyframe_files], d["method"], d["frames"],
                                      d["steps"], 3, d["size"], d["fps"],
                                      motion_bucket=d["motion_bucket"], noise_aug=d["noise_aug"])
     assert message.startswith("**Done:**"), message

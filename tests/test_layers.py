@@ -20,14 +20,15 @@ LAYERS = [
     ["backward", "sampling", "peers", "denoisers", "runners", "folders", "encoding", "data",
      "toy.models", "toy.tracker", "toy.blending"],
     ["pipeline"],
-    ["loading", "keyframes"],
+    ["loading", "capacity", "keyframes"],
     # the application layer: the work commands do, then the commands, then the entry point
     ["train_config", "training", "toy.training", "evaluation", "evaluation.*", "render",
      "render.*", "demo", "app", "page"],
     ["commands", "commands.*"],
     ["cli", "__main__"],
 ]
-MODEL_LAYER = {"attention", "backbones", "backward", "conditioning", "denoisers", "encoding",
+MODEL_LAYER = {"attention", "backbones", "backward", "capacity", "conditioning", "denoisers",
+               "encoding",
                "folders", "inputs", "locate", "methods", "sampling", "peers", "pipeline",
                "runners"}
 APPLICATION = {"cli", "app", "page", "evaluation", "training", "demo", "commands", "render"}

@@ -98,20 +98,16 @@ def _run_trf(job: Job) -> Run:
         noise_scale=job.settings["renoise_scale"], callback=job.callback)
 
 
-def _run_sequential(job: Job) -> Run:
-    forward, backward = job.paths()
-    start, end = job.clean_latents
-    return lambda wrap, x: peers.sample_sequential(
-        wrap(forward), wrap(backward), x, job.sigmas, generator=job.generator,
-        start_latent=start, end_latent=end, callback=job.callback)
-
-
-def _run_mpd(job: Job) -> Run:
-    forward, backward = job.paths()
-    start, end = job.clean_latents
-    return lambda wrap, x: peers.sample_mpd(
-        wrap(forward), wrap(backward), x, job.sigmas, generator=job.generator,
-        start_latent=start, end_latent=end, callback=job.callback)
+def _path_sampler(sampler) -> Callable[[Job], Run]:
+    """The runner of a sampler over the two path denoisers and the last-frame constraint's
+    keyframe latents (ViBiD's, MPD's)."""
+    def run(job: Job) -> Run:
+        forward, backward = job.paths()
+        start, end = job.clean_latents
+        return lambda wrap, x: sampler(
+            wrap(forward), wrap(backward), x, job.sigmas, generator=job.generator,
+            start_latent=start, end_latent=end, callback=job.callback)
+    return run
 
 
 @dataclass(frozen=True)
@@ -130,10 +126,10 @@ KINDS = {
         s["sampler"], s["num_inference_steps"], s["reinject_count"], s["reinject_fraction"],
         reinject_at=s["reinject_at"])),
     "trf": Kind(_run_trf, lambda s: peers.trf_predictions(s["num_inference_steps"])),
-    "sequential": Kind(_run_sequential,
+    "sequential": Kind(_path_sampler(peers.sample_sequential),
                        lambda s: peers.sequential_predictions(s["num_inference_steps"]),
                        clean_latents=True),
-    "mpd": Kind(_run_mpd, lambda s: peers.mpd_predictions(s["num_inference_steps"]),
+    "mpd": Kind(_path_sampler(peers.sample_mpd), lambda s: peers.mpd_predictions(s["num_inference_steps"]),
                 clean_latents=True),
 }
 

@@ -167,6 +167,23 @@ def _write_manifest(folder: Path, manifest: dict) -> None:
     (folder / MANIFEST).write_text(readable_json(manifest))
 
 
+def _write_toy_pair(folder: Path, clip, seed: int, index: int) -> dict:
+    """One toy clip's pair in the set ``folder``, and its manifest entry with the ground truth of
+    every vehicle present."""
+    video = (clip.video[0].permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    entry = _write_pair(folder, f"toy-{seed}-{index:04d}", video)
+    keep = clip.present[0].tolist()
+    entry["sprites"] = [
+        {"color": [round(float(c), 6) for c in clip.colors[0, s]],
+         "heading": round(float(clip.headings[0, s]), 6),
+         "speed": round(float(clip.speeds[0, s]), 6),
+         "centers": [[round(float(x), 4), round(float(y), 4)]
+                     for x, y in clip.centers[0, s].tolist()]}
+        for s in range(len(keep)) if keep[s]]
+    entry["source"] = {"toy_seed": seed, "toy_index": index}
+    return entry
+
+
 def make_toy_set(out: str | Path, n: int, seed: int | None = None, *, frames: int | None = None,
                  size: int | None = None, world_name: str = "toy",
                  overwrite: bool = False) -> Path:
@@ -206,18 +223,7 @@ def make_toy_set(out: str | Path, n: int, seed: int | None = None, *, frames: in
                                             "not keep their vehicles in view; use fewer frames "
                                             "or a larger size") from None
                 continue
-            video = (clip.video[0].permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-            entry = _write_pair(tmp, f"toy-{seed}-{index:04d}", video)
-            keep = clip.present[0].tolist()
-            entry["sprites"] = [
-                {"color": [round(float(c), 6) for c in clip.colors[0, s]],
-                 "heading": round(float(clip.headings[0, s]), 6),
-                 "speed": round(float(clip.speeds[0, s]), 6),
-                 "centers": [[round(float(x), 4), round(float(y), 4)]
-                             for x, y in clip.centers[0, s].tolist()]}
-                for s in range(len(keep)) if keep[s]]
-            entry["source"] = {"toy_seed": seed, "toy_index": index}
-            entries.append(entry)
+            entries.append(_write_toy_pair(tmp, clip, seed, index))
             index += 1
             bar.update()
         _write_manifest(tmp, {
@@ -275,6 +281,37 @@ def pair_starts(length: int, gap: int, count: int) -> list[int]:
         else [last // 2]
 
 
+def _set_geometry(model, frames: int | None, size) -> tuple[int, tuple[int, int]]:
+    """The frame count and size of a set: those given, else the model's, else the toy world's
+    (said)."""
+    if frames is not None and size is not None:
+        return frames, tuple(size)
+    geometry = model_geometry(model)
+    if geometry is None:
+        from ..toy.world import WorldConfig
+
+        cfg = WorldConfig()
+        geometry = (cfg.frames, cfg.size, cfg.size)
+        print(f"note: no model folder to take the frame count and size from; using the toy "
+              f"world's ({cfg.frames} frames, {cfg.size}x{cfg.size})")
+    return frames or geometry[0], tuple(size or geometry[1:])
+
+
+def _write_video_pair(folder: Path, src: Path, video, fps, start: int, gap: int, frames: int,
+                      size: tuple[int, int]) -> dict:
+    """The pair of ``video`` (from the file or folder ``src``) starting at frame ``start`` in the
+    set ``folder``: its true clip resampled to ``frames`` frames, centre-cropped and resized to
+    ``size``; and its manifest entry."""
+    stem = re.sub(r"[^\w.-]+", "_", src.stem if src.is_file() else src.name)
+    idx = np.rint(np.linspace(start, start + gap, frames)).astype(int)
+    clip = np.stack([np.asarray(PIL.ImageOps.fit(PIL.Image.fromarray(video[i]), size,
+                                                 PIL.Image.LANCZOS)) for i in idx])
+    entry = _write_pair(folder, f"{stem}-{start:05d}", clip)
+    entry["source"] = {"video": str(src.resolve()), "first_frame": int(start),
+                       "last_frame": int(start + gap), "frames": idx.tolist(), "fps": fps}
+    return entry
+
+
 def make_video_set(videos: str | Path, out: str | Path, *, gap: int = 25,
                    pairs_per_video: int = 1, frames: int | None = None,
                    size: tuple[int, int] | None = None, model=None,
@@ -291,18 +328,7 @@ def make_video_set(videos: str | Path, out: str | Path, *, gap: int = 25,
     out = Path(out)
     if out.exists() and not overwrite:
         raise InbetweeningError(f"{out} already exists (pass --overwrite to replace it)")
-    geometry = model_geometry(model)
-    if frames is None or size is None:
-        if geometry is None:
-            from ..toy.world import WorldConfig
-
-            cfg = WorldConfig()
-            geometry = (cfg.frames, cfg.size, cfg.size)
-            print(f"note: no model folder to take the frame count and size from; using the toy "
-                  f"world's ({cfg.frames} frames, {cfg.size}x{cfg.size})")
-        frames = frames or geometry[0]
-        size = size or geometry[1:]
-    width, height = size
+    frames, (width, height) = _set_geometry(model, frames, size)
     check_video_work(frames, width, height)
     sources = _video_sources(Path(videos))
     counts = {"videos": len(sources), "unreadable": 0, "too_short": 0, "pairs": 0}
@@ -319,17 +345,8 @@ def make_video_set(videos: str | Path, out: str | Path, *, gap: int = 25,
             if not starts:
                 counts["too_short"] += 1
                 continue
-            stem = re.sub(r"[^\w.-]+", "_", src.stem if src.is_file() else src.name)
-            for s in starts:
-                idx = np.rint(np.linspace(s, s + gap, frames)).astype(int)
-                clip = np.stack([np.asarray(PIL.ImageOps.fit(
-                    PIL.Image.fromarray(video[i]), (width, height), PIL.Image.LANCZOS))
-                    for i in idx])
-                entry = _write_pair(tmp, f"{stem}-{s:05d}", clip)
-                entry["source"] = {"video": str(src.resolve()), "first_frame": int(s),
-                                   "last_frame": int(s + gap), "frames": idx.tolist(),
-                                   "fps": fps}
-                entries.append(entry)
+            entries += [_write_video_pair(tmp, src, video, fps, s, gap, frames, (width, height))
+                        for s in starts]
         counts["pairs"] = len(entries)
         if not entries:
             raise InbetweeningError(
