@@ -16,8 +16,9 @@ ROOT = Path(inbetweening.__file__).parent
 LAYERS = [
     ["utils"],
     ["options", "methods", "media", "conditioning", "attention", "baselines", "metrics",
-     "toy.world", "toy.autoencoder"],
-    ["backward", "sampling", "peers", "data", "toy.models", "toy.tracker", "toy.blending"],
+     "toy.world", "toy.autoencoder", "memory"],
+    ["backward", "sampling", "peers", "data", "toy.models", "toy.tracker", "toy.blending",
+     "footprint"],
     ["pipeline"],
     ["loading", "keyframes"],
     # the application layer: the work commands do, then the commands, then the entry point
@@ -25,7 +26,8 @@ LAYERS = [
     ["commands", "commands.*"],
     ["cli", "__main__"],
 ]
-MODEL_LAYER = {"attention", "backward", "conditioning", "methods", "sampling", "peers", "pipeline"}
+MODEL_LAYER = {"attention", "backward", "conditioning", "methods", "sampling", "peers",
+               "pipeline", "memory", "footprint"}
 APPLICATION = {"cli", "app", "evaluation", "training", "demo", "commands"}
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .memory import MEMORY_PRESETS, apply_memory
 from .options import RECIPES, SamplingOptions, parse_size
 from .utils import InbetweeningError
 
@@ -44,6 +45,15 @@ SERVER_UPLOAD_FACTOR = 5
 CPU_WORK_FACTOR = 4  # see pixel_frame_limit
 VAE_PEAK_TENSORS = 8  # see pixel_frame_limit
 KEEP_RESULTS = 8  # result folders kept on disk (older ones are deleted)
+METHOD_LABELS = {"gi": "gi: generative inbetweening (the paper)",
+                 "gi-noft": "gi-noft: rotated attention, no fine-tuning",
+                 "trf": "trf: time-reversal fusion (as its release)",
+                 "forward": "forward: plain image-to-video from the first keyframe",
+                 "trf-avg": "trf-avg: time-reversal fusion with GI's sampler",
+                 "vibid": "vibid: ViBiDSampler (sequential, no fine-tuning)",
+                 "gi-sequential": "gi-sequential: ViBiD's schedule, GI's backward model",
+                 "mpd": "mpd: motion prior distillation (on ViBiD)"}
+MEMORY_CHOICES = [(f"{name}: {p.summary}", name) for name, p in MEMORY_PRESETS.items()]
 OUTPUT_NAMES = ("inbetween.mp4", "inbetween.gif", "inbetween_frames.zip")
 
 
@@ -233,9 +243,11 @@ class InbetweenApp:
 
     def generate(self, files: list | None, method: str, frames, steps, seed, size: str, fps,
                  loop: bool = False, side_by_side: bool = False, recipe: str | None = None,
-                 progress: Callable | None = None) -> tuple[str | None, list[str] | None, str]:
+                 progress: Callable | None = None,
+                 memory: str | None = None) -> tuple[str | None, list[str] | None, str]:
         """Make the video through the uploaded keyframes. Returns (mp4 to play, files to
-        download, message); on bad input (None, None, the reason)."""
+        download, message); on bad input (None, None, the reason). ``memory``: a memory setting
+        (:mod:`inbetweening.memory`) to switch the pipeline to first (None: keep its own)."""
         from . import media
         from .keyframes import layout
         from .pipeline import check_aspects
@@ -254,6 +266,8 @@ class InbetweenApp:
             seed = _seed(seed)
             closed = layout(images, loop).closed
             with self._lock:
+                if memory is not None:
+                    apply_memory(self.pipe, memory)
                 video = self._run(images, loop, seed, kw, report)
             if side_by_side:
                 video = media.side_by_side(video, images)
@@ -313,14 +327,6 @@ class InbetweenApp:
         from .methods import METHODS
 
         d = self.defaults()
-        method_labels = {"gi": "gi: generative inbetweening (the paper)",
-                         "gi-noft": "gi-noft: rotated attention, no fine-tuning",
-                         "trf": "trf: time-reversal fusion (as its release)",
-                         "forward": "forward: plain image-to-video from the first keyframe",
-                         "trf-avg": "trf-avg: time-reversal fusion with GI's sampler",
-                         "vibid": "vibid: ViBiDSampler (sequential, no fine-tuning)",
-                         "gi-sequential": "gi-sequential: ViBiD's schedule, GI's backward model",
-                         "mpd": "mpd: motion prior distillation (on ViBiD)"}
         with gr.Blocks(title="Inbetweening", delete_cache=(600, 3600),
                        analytics_enabled=False) as page:
             gr.Markdown("# Inbetweening\nThe video between your keyframes, by dual-directional "
@@ -337,7 +343,7 @@ class InbetweenApp:
                     notice = gr.Markdown("", elem_id="notice")
                     status = gr.Markdown(self.count_message([]), elem_id="status")
                     with gr.Row():
-                        method = gr.Dropdown([(method_labels.get(m, m), m) for m in METHODS],
+                        method = gr.Dropdown([(METHOD_LABELS.get(m, m), m) for m in METHODS],
                                              value=d["method"], label="Method", elem_id="method")
                         size = gr.Textbox(d["size"], label="Size (WxH, multiples of 64)",
                                           elem_id="size")
@@ -354,6 +360,8 @@ class InbetweenApp:
                                          elem_id="seed")
                         fps = gr.Slider(1, 30, value=d["fps"], step=1, label="Frames per second",
                                         elem_id="fps")
+                    memory = gr.Dropdown(MEMORY_CHOICES, value=self.pipe.memory, label="Memory",
+                                         elem_id="memory")
                     with gr.Row():
                         loop = gr.Checkbox(False, label="Loop (back to the first keyframe)",
                                            elem_id="loop")
@@ -373,13 +381,13 @@ class InbetweenApp:
             keyframes.change(self.count_message, keyframes, status)
 
             def generate(files, method, frames, steps, seed, size, fps, loop, side, recipe,
-                         progress=gr.Progress()):
+                         memory, progress=gr.Progress()):
                 return self.generate(files, method, frames, steps, seed, size, fps, loop, side,
-                                     recipe, progress=progress)
+                                     recipe, progress=progress, memory=memory)
 
             recipe.change(lambda r: RECIPES[r]["steps"] if r else d["steps"], recipe, steps)
             run.click(generate, [keyframes, method, frames, steps, seed, size, fps, loop, side,
-                                 recipe], [video, downloads, message], concurrency_limit=1)
+                                 recipe, memory], [video, downloads, message], concurrency_limit=1)
         return page
 
 
@@ -422,7 +430,8 @@ def _seed(value) -> int:
 
 
 def serve(*, host: str = DEFAULT_HOST, port: int | None = None, limits: Limits = Limits(),
-          model=None, backward=None, device=None, dtype=None, compile: bool = False) -> None:
+          model=None, backward=None, device=None, dtype=None, compile: bool = False,
+          memory: str | None = None) -> None:
     """Load the model and serve the page until stopped (Ctrl-C or SIGTERM: the work folder is
     removed either way)."""
     import signal
@@ -434,7 +443,7 @@ def serve(*, host: str = DEFAULT_HOST, port: int | None = None, limits: Limits =
         raise InbetweeningError("the app needs Gradio: pip install 'inbetweening[app]'") from None
     from .loading import load_pipeline
 
-    pipe = load_pipeline(model, backward, device, dtype, compile=compile)
+    pipe = load_pipeline(model, backward, device, dtype, compile=compile, memory=memory)
     workdir = Path(tempfile.mkdtemp(prefix="inbetween-app-"))
 
     def on_term(signum, frame):  # as Ctrl-C: unwind, so the work folder is cleaned up

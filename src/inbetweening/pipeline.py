@@ -50,6 +50,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 
 from . import attention, backward, conditioning, peers
+from .memory import memory_preset
 from .methods import SAMPLING, check_method, is_dual, layer_plans
 from .sampling import (
     REINJECT_PLACES, SAMPLERS, InbetweenDenoiser, KeyframeCondition, fuse_weights,
@@ -264,6 +265,9 @@ class InbetweenPipeline(DiffusionPipeline):
         self.defaults: dict = {}  # recommended __call__ arguments of this model (CLI, app, demo)
         self._guidance_scale, self._num_timesteps, self._interrupt = None, 0, False
         self._num_predictions = 0
+        # The memory setting (memory.apply_memory sets it): its row cap and decode chunk are what
+        # a call that gives none uses.
+        self.memory = "default"
         attention.install(self.unet)
 
     # -- what diffusers' callbacks read ----------------------------------------------------------
@@ -649,7 +653,9 @@ class InbetweenPipeline(DiffusionPipeline):
         with ``fuse="average"`` two-direction methods use it symmetrised, ``(g + g.flip) / 2``,
         as the published code does (its ``weighted_average``, ``fuse="linear"``, does not).
         ``max_unet_batch`` caps the rows of one UNet call (the fused batch is split, forward and
-        backward rows kept together) to save memory; None or 0: one call.
+        backward rows kept together) to save memory; 0: one call; None: the memory setting's
+        (:attr:`memory`; :mod:`inbetweening.memory`), by default one call. ``decode_chunk_size``
+        likewise: None takes the memory setting's, by default all frames at once.
 
         The peer methods have their own samplers (:mod:`inbetweening.peers`; ``methods.SAMPLING``):
         ``trf`` (linear fusion, per-direction guidance, its release's jumps back), ``vibid``,
@@ -678,6 +684,9 @@ class InbetweenPipeline(DiffusionPipeline):
         height, width = height or default_h, width or default_w
         num_frames = num_frames or self.unet.config.num_frames
         reinject_count = (5 if dual else 0) if reinject_count is None else reinject_count
+        preset = memory_preset(self.memory)
+        max_unet_batch = preset.max_unet_batch if max_unet_batch is None else max_unet_batch
+        decode_chunk_size = decode_chunk_size or preset.decode_chunk
         self.check_inputs(height, width, num_frames, method, num_inference_steps, sampler,
                           reinject_at)
         plans = self._layer_plans(method, dual)

@@ -17,7 +17,7 @@ def run(args) -> None:
     limits = Limits(max_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels)
     serve(host=args.host, port=args.port, limits=limits, model=args.model,
           backward=args.backward, device=args.device, dtype=args.dtype,
-          compile=args.compile)
+          compile=args.compile, memory=args.memory)
 
 
 def add_command(sub) -> None:

@@ -15,7 +15,7 @@ def run(args) -> None:
 
     check_target(args.output, args.overwrite, folder=True)
     pipe = load_pipeline(args.model, args.backward, args.device, args.dtype,
-                         compile=args.compile)
+                         compile=args.compile, memory=args.memory)
     pipe.set_progress_bar_config(disable=True)
     kw = {}
     if args.steps is not None:

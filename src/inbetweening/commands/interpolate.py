@@ -32,7 +32,7 @@ def run(args) -> None:
     layout(images, args.loop)  # too few keyframes: refused before the model is loaded
     check_aspects(images)
     pipe = load_pipeline(args.model, args.backward, args.device, args.dtype,
-                         compile=args.compile)
+                         compile=args.compile, memory=args.memory)
     kw = options.call_kwargs(pipe.defaults)
     generator = seed_generator(args.seed)
     t0 = time.time()
