@@ -59,7 +59,11 @@ def build_unet(kind: str, device, dtype):
     return unet
 
 
-def denoiser(unet, mode: dict, frames: int, latent_hw, device, dtype):
+def denoiser(unet, mode: dict, frames: int, latent_hw, device, dtype, method: str = "gi",
+             guidance: bool = True):
+    """The pipeline's denoiser for ``method`` (a two-direction one, or ``forward``) on random
+    keyframe conditions, and a random latent (``guidance``: SVD's per-frame guidance 1..3, two
+    rows per direction; else one)."""
     c = unet.config
     channels = c.in_channels // 2
     g = torch.Generator().manual_seed(0)
@@ -70,9 +74,11 @@ def denoiser(unet, mode: dict, frames: int, latent_hw, device, dtype):
             latent=torch.randn(1, channels, *latent_hw, generator=g).to(device, dtype))
 
     ids = torch.tensor([[6.0, 127.0, 0.02]], device=device, dtype=dtype)
-    plans = layer_plans("gi", unet, "rotation")
-    den = InbetweenDenoiser(unet, cond(), cond(), ids, guidance_per_frame(frames, 1, 3, True),
-                            fuse_weights(frames, "average"), plans, **mode)
+    plans = layer_plans(method, unet, "rotation")
+    start, end = cond(), (cond() if method != "forward" else None)
+    scale = guidance_per_frame(frames, 1, 3, True) if guidance else None
+    den = InbetweenDenoiser(unet, start, end, ids, scale, fuse_weights(frames, "average"), plans,
+                            **mode)
     x = torch.randn(1, frames, channels, *latent_hw, generator=g).to(device, torch.float32)
     return den, x
 

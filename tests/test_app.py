@@ -130,6 +130,16 @@ def test_generate_through_three_keyframes_with_progress_and_downloads(app, keys)
         assert all(a.read(n) == b.read(n) for n in a.namelist())
 
 
+def test_generate_in_a_memory_setting(app, keys):
+    """The page's memory choice switches the pipeline's setting before the run; a name that is
+    not one is refused with a message."""
+    _, _, message = app.generate(keys[:2], "gi", 4, 1, 3, "64x64", 5, memory="lowest")
+    assert message.startswith("**Done:**") and app.pipe.memory == "lowest"
+    _, _, message = app.generate(keys[:2], "gi", 4, 1, 3, "64x64", 5, memory="huge")
+    assert message.startswith("**Error:** unknown memory setting 'huge'")
+    assert app.pipe.memory == "lowest"
+
+
 def test_loop_side_by_side_and_random_seed(app, keys):
     video, _, message = app.generate(keys[:2] + [keys[0]], "trf", 4, 1, -1, "64x64", 7,
                                      side_by_side=True)
@@ -201,8 +211,9 @@ def test_page_is_built_offline(app):
     for name in ("keyframes", "order", "notice", "status", "method", "size", "frames", "steps",
                  "recipe",
                  "seed", "fps", "loop", "side-by-side", "generate", "result", "downloads",
-                 "message"):
+                 "message", "memory"):
         assert name in ids, name
+    assert ids["memory"].value == "default"
     assert ids["keyframes"].allow_reordering and ids["keyframes"].file_count == "multiple"
     assert ids["method"].value == "gi" and ids["steps"].value == 50
 
@@ -217,3 +228,4 @@ def test_the_app_command_and_its_options():
     assert (args.host, args.port, args.model, args.backward, args.device, args.dtype,
             args.max_upload_mb) == ("0.0.0.0", 8000, "m", "b.st", "cpu", "fp32", 5.0)
     assert cli.main(["app", "--max-upload-mb", "0"]) == 2
+    assert cli.build_parser().parse_args(["app", "--memory", "low"]).memory == "low"

@@ -77,6 +77,25 @@ def test_compile_sampler_and_peer_method_options(files, model_args, tmp_path, mo
         assert abs(videos["plain"] - videos[name]).max() > 1, name
 
 
+def test_memory_setting_reaches_the_pipeline(files, model_args, tmp_path, monkeypatch):
+    """--memory lowest puts the loaded pipeline in that setting; its video is the default's
+    decoded in the same chunks (the tiny model's temporal decoder mixes the frames of a chunk)."""
+    from inbetweening import loading
+
+    applied = []
+    real = loading.apply_memory
+    monkeypatch.setattr(loading, "apply_memory",
+                        lambda pipe, name, device: applied.append(name) or real(pipe, name, device))
+    videos = {}
+    for name, extra in [("low", ["--memory", "lowest"]), ("default", ["--decode-chunk", "2"])]:
+        out = tmp_path / name
+        assert run("interpolate", files["a"], files["b"], "-o", out, "--seed", 3, *model_args,
+                   *extra) == 0
+        videos[name] = media.read_video(out)[0].astype(int)
+    assert applied == ["lowest"]
+    assert abs(videos["low"] - videos["default"]).max() <= 1
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing", "no such file"),
     ("text", "not an image file"),
@@ -86,6 +105,7 @@ def test_compile_sampler_and_peer_method_options(files, model_args, tmp_path, mo
     ("exists", "already exists"),
     ("suffix", "must end in"),
     ("dtype", "invalid choice"),
+    ("memory", "invalid choice"),
 ])
 def test_bad_input_is_one_line_exit_2_and_no_output(case, message, files, model_args, tmp_path,
                                                     capsys):
@@ -107,6 +127,8 @@ def test_bad_input_is_one_line_exit_2_and_no_output(case, message, files, model_
         argv[4] = tmp_path / "out.avi"
     elif case == "dtype":
         argv += ["--dtype", "fp8"]
+    elif case == "memory":
+        argv += ["--memory", "huge"]
     assert run(*argv) == 2  # argparse's own errors too: one line, exit 2, nothing written
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and err.startswith("error: "), err

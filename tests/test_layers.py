@@ -16,9 +16,9 @@ ROOT = Path(inbetweening.__file__).parent
 LAYERS = [
     ["utils"],
     ["options", "methods", "media", "conditioning", "backbones", "attention", "baselines",
-     "metrics", "locate", "inputs", "toy.world", "toy.autoencoder"],
+     "metrics", "locate", "inputs", "toy.world", "toy.autoencoder", "memory"],
     ["backward", "sampling", "peers", "denoisers", "runners", "folders", "encoding", "data",
-     "toy.models", "toy.tracker", "toy.blending"],
+     "toy.models", "toy.tracker", "toy.blending", "footprint"],
     ["pipeline"],
     ["loading", "capacity", "keyframes"],
     # the application layer: the work commands do, then the commands, then the entry point
@@ -28,9 +28,8 @@ LAYERS = [
     ["cli", "__main__"],
 ]
 MODEL_LAYER = {"attention", "backbones", "backward", "capacity", "conditioning", "denoisers",
-               "encoding",
-               "folders", "inputs", "locate", "methods", "sampling", "peers", "pipeline",
-               "runners"}
+               "encoding", "folders", "footprint", "inputs", "locate", "memory", "methods",
+               "sampling", "peers", "pipeline", "runners"}
 APPLICATION = {"cli", "app", "page", "evaluation", "training", "demo", "commands", "render"}
 
 

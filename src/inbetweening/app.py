@@ -194,12 +194,14 @@ class InbetweenApp:
 
     def generate(self, files: list | None, method: str, frames, steps, seed, size: str, fps,
                  loop: bool = False, side_by_side: bool = False, recipe: str | None = None,
-                 motion_bucket=None, noise_aug=None,
+                 motion_bucket=None, noise_aug=None, memory: str | None = None,
                  progress: Callable | None = None) -> tuple[str | None, list[str] | None, str]:
         """Make the video through the uploaded keyframes, as ``inbetween interpolate`` makes it
         (:func:`inbetweening.keyframes.interpolate`). Returns (mp4 to play, files to download,
-        message); on bad input (None, None, the reason)."""
+        message); on bad input (None, None, the reason). ``memory``: a memory setting
+        (:mod:`inbetweening.memory`) to switch the pipeline to first (None: keep its own)."""
         from . import media
+        from .memory import apply_memory, memory_preset
         from .inputs import check_aspects
         from .keyframes import check_options, layout
 
@@ -217,7 +219,11 @@ class InbetweenApp:
             settings = check_options(self.pipe, options, images[0])
             seed = _seed(seed)
             closed = layout(images, loop).closed
+            if memory is not None:
+                memory_preset(memory)
             with self._lock:
+                if memory is not None:
+                    apply_memory(self.pipe, memory)
                 video = self._run(images, loop, side_by_side, seed, options,
                                   settings["num_inference_steps"], report)
             report(1.0, desc="writing mp4, gif and PNG frames")
@@ -333,7 +339,8 @@ def _launch(page, host: str, port: int | None, limits: Limits, workdir: Path) ->
 
 
 def serve(*, host: str = DEFAULT_HOST, port: int | None = None, limits: Limits = Limits(),
-          model=None, backward=None, device=None, dtype=None, compile: bool = False) -> None:
+          model=None, backward=None, device=None, dtype=None, compile: bool = False,
+          memory: str | None = None) -> None:
     """Load the model and serve the page until stopped (Ctrl-C or SIGTERM: the work folder is
     removed either way)."""
     import signal
@@ -357,7 +364,7 @@ def serve(*, host: str = DEFAULT_HOST, port: int | None = None, limits: Limits =
         offline_gradio()
         from .loading import load_pipeline
 
-        pipe = load_pipeline(model, backward, device, dtype, compile=compile)
+        pipe = load_pipeline(model, backward, device, dtype, compile=compile, memory=memory)
         page = InbetweenApp(pipe, workdir, limits, describe_model(model)).build()
         _launch(page, host, port, limits, workdir)
     finally:

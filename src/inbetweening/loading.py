@@ -11,6 +11,7 @@ import torch
 
 from . import backward as bw
 from .locate import bundled_model, resolve_model  # noqa: F401 (re-exported)
+from .memory import apply_memory, memory_preset
 from .pipeline import InbetweenPipeline
 from .toy import models as toy_models
 from .utils import InbetweeningError
@@ -117,7 +118,7 @@ def load_failure(source, error: Exception) -> str:
 
 
 def load_pipeline(model=None, backward=None, device=None, dtype=None, *, quiet: bool = False,
-                  allow_random: bool = True, compile: bool = False):
+                  allow_random: bool = True, compile: bool = False, memory: str | None = None):
     """An :class:`InbetweenPipeline` on ``device`` in ``dtype``.
 
     ``model``: a diffusers SVD folder or hub id; default the bundled toy model. Without either
@@ -125,7 +126,11 @@ def load_pipeline(model=None, backward=None, device=None, dtype=None, *, quiet: 
     printed. ``backward``: a backward-weights file (default: the model folder's own
     ``backward.safetensors`` if it has one). ``compile``: the UNet ``torch.compile``-d (the
     attention control reaches through the wrapper; the first call of each shape compiles).
+    ``memory``: a memory setting of :mod:`inbetweening.memory` (``default``, ``low``,
+    ``lowest``): model offload (on a GPU), feed-forward chunking, and the row cap and decode
+    chunk the pipeline's calls take when they give none.
     """
+    memory_preset(memory)  # an unknown name is refused before anything loads
     dev = default_device(device) if not isinstance(device, torch.device) else device
     dt = parse_dtype(dtype, dev) if not isinstance(dtype, torch.dtype) else dtype
     source = resolve_model(model)
@@ -151,6 +156,8 @@ def load_pipeline(model=None, backward=None, device=None, dtype=None, *, quiet: 
         pipe.to(dev, dt)
     if compile:
         pipe.unet = torch.compile(pipe.unet)
+    if memory is not None:
+        apply_memory(pipe, memory, dev)
     if not quiet:
         pipe.set_progress_bar_config(leave=False)
     return pipe

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from .memory import MEMORY_PRESETS
 from .methods import METHOD_RECORDS, RECIPES
 
 
@@ -43,6 +44,8 @@ def _settings_panel(gr, app, d: dict) -> dict:
         w["loop"] = gr.Checkbox(False, label="Loop (back to the first keyframe)", elem_id="loop")
         w["side_by_side"] = gr.Checkbox(False, label="Show the keyframes beside the video",
                                         elem_id="side-by-side")
+    w["memory"] = gr.Dropdown([(f"{name}: {p.summary}", name) for name, p in MEMORY_PRESETS.items()],
+                              value=app.pipe.memory, label="Memory", elem_id="memory")
     with gr.Accordion("SVD's conditioning", open=False):
         with gr.Row():
             w["motion_bucket"] = gr.Slider(0, 255, value=d["motion_bucket"], step=1,

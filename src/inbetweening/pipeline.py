@@ -43,6 +43,7 @@ from . import attention, backward, conditioning, methods, peers, runners
 from .encoding import KeyframeCodec
 from .folders import ModelFolder
 from .inputs import keyframe_batch, video_inputs
+from .memory import memory_preset
 from .sampling import REINJECT_PLACES, SAMPLERS
 from .toy.autoencoder import PatchAutoencoder
 from .utils import InbetweeningError
@@ -192,6 +193,7 @@ class InbetweenPipeline(ModelFolder, KeyframeCodec, DiffusionPipeline):
         self.defaults: dict = {}  # the model's recommended settings (its inbetweening.json)
         self._guidance_scale, self._num_timesteps, self._interrupt = None, 0, False
         self._num_predictions = 0
+        self.memory = "default"  # memory.apply_memory's setting: row cap, decode chunk
         attention.install(self.unet)
 
     # -- what diffusers' callbacks read ----------------------------------------------------------
@@ -393,8 +395,8 @@ class InbetweenPipeline(ModelFolder, KeyframeCodec, DiffusionPipeline):
         publishes) or ``independent``; ``keyframe_latent``: ``mode`` or ``sample`` (the
         last-frame constraint's keyframe latents). ``dual_pass``: ``fused`` (one UNet call for both
         directions) or ``reference`` (the paper's two calls with explicit maps);
-        ``max_unet_batch`` caps the rows of a UNet call, ``decode_chunk_size`` the frames
-        decoded at once.
+        ``max_unet_batch`` caps the rows of a UNet call, ``decode_chunk_size`` the frames decoded
+        at once (None: those of :attr:`memory`, :mod:`inbetweening.memory`; by default all).
 
         All noise of a video (one keyframe augmentation noise shared by both keyframes, the
         initial latent unless ``latents`` gives it, re-injection) comes from its generator (a
@@ -406,9 +408,11 @@ class InbetweenPipeline(ModelFolder, KeyframeCodec, DiffusionPipeline):
         plan = self._plan(start_image, end_image, image, method, recipe, given,
                           num_videos_per_prompt, generator, latents, output_type,
                           callback_on_step_end_tensor_inputs)
-        out = self._videos(plan, fit, dual_pass, max_unet_batch, callback_on_step_end,
+        preset = memory_preset(self.memory)
+        out = self._videos(plan, fit, dual_pass, preset.max_unet_batch if max_unet_batch is None
+                           else max_unet_batch, callback_on_step_end,
                            callback_on_step_end_tensor_inputs)
-        s = plan.settings
-        frames = self.frames(out, output_type, decode_chunk_size or s["num_frames"])
+        frames = self.frames(out, output_type, decode_chunk_size or preset.decode_chunk
+                             or plan.settings["num_frames"])
         self.maybe_free_model_hooks()
         return InbetweenPipelineOutput(frames=frames) if return_dict else (frames,)

@@ -33,7 +33,8 @@ def run(args) -> None:
     limits = Limits(max_bytes=int(settings.max_upload_mb * 2**20),
                     max_pixels=settings.max_pixels)
     serve(host=settings.host, port=settings.port, limits=limits, model=args.model,
-          backward=args.backward, device=args.device, dtype=args.dtype, compile=args.compile)
+          backward=args.backward, device=args.device, dtype=args.dtype, compile=args.compile,
+          memory=args.memory)
 
 
 def add_command(sub) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..memory import MEMORY_PRESETS
 from ..options import SamplingOptions
 from .args import add_dataclass_args, from_args
 
@@ -21,6 +22,9 @@ def add_model_args(p: argparse.ArgumentParser, backward: bool = True) -> None:
                                                   "available)")
     p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"],
                    help="default: fp16 on a GPU, fp32 on the CPU")
+    p.add_argument("--memory", default=None, choices=tuple(MEMORY_PRESETS),
+                   help="what to trade for a smaller peak memory: " + "; ".join(
+                       f"{name}: {preset.summary}" for name, preset in MEMORY_PRESETS.items()))
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the UNet: faster sampling after a slower first video "
                         "(it compiles)")

@@ -35,7 +35,7 @@ def run(args) -> None:
     from ..loading import load_pipeline
 
     pipe = load_pipeline(args.model, args.backward, args.device, args.dtype,
-                         compile=args.compile)
+                         compile=args.compile, memory=args.memory)
     pipe.set_progress_bar_config(disable=True)
     kw = {}
     if settings.steps is not None:

@@ -40,7 +40,8 @@ def run_evaluate(args) -> None:
     result = evaluate(args.set, args.methods, args.out, model=args.model, backward=args.backward,
                       device=args.device, dtype=args.dtype, seed=args.seed, options=options,
                       lpips=args.lpips_weights, inception=args.inception_weights,
-                      fvd=args.fvd_weights, overwrite=args.overwrite, compile=args.compile)
+                      fvd=args.fvd_weights, overwrite=args.overwrite, compile=args.compile,
+                      memory=args.memory)
     if result is not None:
         print((Path(args.out) / "metrics.md").read_text())
 

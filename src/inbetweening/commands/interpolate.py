@@ -53,7 +53,7 @@ def run(args) -> None:
     from ..loading import load_pipeline
 
     pipe = load_pipeline(args.model, args.backward, args.device, args.dtype,
-                         compile=args.compile)
+                         compile=args.compile, memory=args.memory)
     check_options(pipe, options, images[0])
     for note in pipe.call_settings(image=images[0], **options.call_kwargs())[1]:
         print(f"note: {note}", file=sys.stderr)

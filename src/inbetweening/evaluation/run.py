@@ -85,7 +85,7 @@ def _check_results_folder(out: Path, settings: Settings, overwrite: bool, inputs
 
 
 def _load_model(methods, bset, options, model, backward, device, dtype, state, quiet,
-                compile=False):
+                compile=False, memory=None):
     """The pipeline for the diffusion methods among ``methods`` (None if there are none), with
     every method's call checked against it before any work."""
     diffusion = [m for m in methods if m in DIFFUSION_METHODS]
@@ -96,7 +96,7 @@ def _load_model(methods, bset, options, model, backward, device, dtype, state, q
 
     dev = device if device is not None or state.num_processes == 1 else state.device
     pipe = load_pipeline(model, backward, dev, dtype, quiet=quiet or not state.is_main_process,
-                         compile=compile)
+                         compile=compile, memory=memory)
     pipe.set_progress_bar_config(disable=True)
     for m in BACKWARD_METHODS:
         if m in diffusion and bw.loaded_variant(pipe.unet) is None:
@@ -160,13 +160,15 @@ def _run_pairs(out, bset, methods, pipe, options, seed, nets, state, quiet, on_r
 def evaluate(set_path, methods, out, *, model=None, backward=None, device=None, dtype=None,
              seed: int = 0, options: SamplingOptions | dict | None = None, lpips=None,
              inception=None, fvd=None, overwrite: bool = False, on_record=None,
-             quiet: bool = False, compile: bool = False) -> dict | None:
+             quiet: bool = False, compile: bool = False,
+             memory: str | None = None) -> dict | None:
     """Run ``methods`` on every pair of the set at ``set_path``; write records, ``metrics.json``,
     ``metrics.md`` and plots under ``out``. Returns the metrics (on the main process; None on the
     others). Everything the user gave is checked before any work. ``options``: the sampling
     options (:class:`~inbetweening.options.SamplingOptions`, or a dict of its fields); the
     method, frame count and size come from the set. ``on_record(method, pair_id)`` is called
-    after each record is written. ``compile``: ``torch.compile`` the UNet."""
+    after each record is written. ``compile``: ``torch.compile`` the UNet. ``memory``: a memory
+    setting (:mod:`inbetweening.memory`)."""
     from ..loading import distributed_state
 
     check_eval_extra()
@@ -181,7 +183,7 @@ def evaluate(set_path, methods, out, *, model=None, backward=None, device=None, 
                           [bset.root, *model_inputs(model, backward)])
     state = distributed_state(device)
     pipe = _load_model(methods, bset, options, model, backward, device, dtype, state, quiet,
-                       compile)
+                       compile, memory)
 
     if state.is_main_process:
         _prepare_results_folder(out, settings, overwrite)
