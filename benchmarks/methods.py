@@ -41,6 +41,7 @@ from inbetweening.methods import METHODS as DIFFUSION_METHODS
 from inbetweening.methods import method
 from inbetweening.options import SamplingOptions
 from inbetweening.runners import predictions_per_video
+from inbetweening.sampling import reinject_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLDS = {"toy": "toy", "ambiguous": "toy-ambiguous"}  # world -> its bundled model
@@ -222,9 +223,10 @@ def cell(e: dict, metric: str) -> str:
 def settings_text(s: dict) -> str:
     text = f"{s['num_inference_steps']} steps"
     if s.get("reinject_count"):
-        where = {"first": "the first", "middle": "the middle",
-                 "alternate": "alternate steps of the first"}[s["reinject_at"]]
-        text += f", {s['reinject_count']} re-injections on {where} {s['reinject_fraction']:g}"
+        r = reinject_steps(s["num_inference_steps"], s["reinject_fraction"])
+        where = {"first": f"the first {r}", "middle": f"the middle {r}",
+                 "alternate": f"{r} alternate"}[s["reinject_at"]]
+        text += f", {s['reinject_count']} re-injections on {where} steps"
     if s.get("sampler", "euler") != "euler":
         text += f", {s['sampler']}"
     if "renoise_scale" in s:
