@@ -40,6 +40,7 @@ from inbetweening.evaluation.report import mean_and_spread, paired_comparison, w
 from inbetweening.methods import METHODS as DIFFUSION_METHODS
 from inbetweening.methods import method
 from inbetweening.options import SamplingOptions
+from inbetweening.peers import trf_jump_steps
 from inbetweening.runners import predictions_per_video
 from inbetweening.sampling import reinject_steps
 
@@ -229,8 +230,9 @@ def settings_text(s: dict) -> str:
         text += f", {s['reinject_count']} re-injections on {where} steps"
     if s.get("sampler", "euler") != "euler":
         text += f", {s['sampler']}"
-    if "renoise_scale" in s:
-        text += f", re-noise {s['renoise_scale']:g}"
+    if "renoise_scale" in s:  # TRF's kind: its rule's jumps back at this step count
+        jumps = len(trf_jump_steps(s["num_inference_steps"]))
+        text += f", {jumps or 'no'} jump{'s' * (jumps != 1)} back, re-noise {s['renoise_scale']:g}"
     return text
 
 
@@ -258,6 +260,15 @@ def paired_md(entries: list[dict]) -> list[str]:
     return lines
 
 
+def trf_note(budget: int) -> str:
+    """Whether TRF's jump rule can jump within ``budget`` predictions."""
+    steps = next(n for n in range(1, 1000) if trf_jump_steps(n))
+    cost = predictions_per_video(method("trf"), {"num_inference_steps": steps})
+    return (f"`trf` at an equal budget: TRF's rule jumps back only from {steps} steps on "
+            f"({cost} predictions), so at {budget} predictions it runs {budget} plain fused "
+            "Euler steps (no jump)." if cost > budget else "")
+
+
 def markdown(result: dict) -> str:
     lines = ["Every method on held-out pairs of each toy world, one `inbetween evaluate` per "
              "(world, arm, method, sampling seed). Cells: mean over the seeds of each seed's mean "
@@ -265,7 +276,8 @@ def markdown(result: dict) -> str:
              f"settings; `equal`: each diffusion method at {result['budget']} predictions per "
              "video (settings of its own kind). Paired: per pair the mean over seeds; difference "
              "gi - other, its percentile bootstrap 95 % interval over pairs (10,000 resamples, "
-             "seed 0), and the pairs on which each is better (ties: neither).", ""]
+             "seed 0), and the pairs on which each is better (ties: neither).", "",
+             trf_note(result["budget"]), ""]
     for world in result["plan"]:
         for arm in ARMS:
             rows = [e for e in result["table"] if (e["world"], e["arm"]) == (world, arm)]
