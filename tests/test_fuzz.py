@@ -8,6 +8,7 @@ and the app's page run for real). Never a traceback."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import random
 import shutil
 import typing
@@ -59,6 +60,9 @@ def load_stub(model=None, backward=None, device=None, dtype=None, **kw):
 
 @pytest.fixture
 def stubs(monkeypatch):
+    # The modules that bind a stubbed name at import are imported first, so that they keep the
+    # real one after the test (inbetweening.demo imports make_clip).
+    importlib.import_module("inbetweening.demo")
     for module, name, stub in [(inbetweening.loading, "load_pipeline", load_stub),
                                (training, "load_base", work_started),
                                (world, "make_clip", work_started),

@@ -239,11 +239,15 @@ def test_peer_methods_run_their_own_samplers(tiny_pipe, keyframes, method):
     assert tiny_pipe.num_predictions == runners.predictions_per_video(record, settings)
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
-        images, conds = tiny_pipe.keyframe_conditions(keyframes, 64, 64, "crop", 0.02, g, "cpu")
-        ids = conditioning.added_time_ids(7, 127, 0.02, 1, dtype=torch.float32, device="cpu")
+        images, conds = tiny_pipe.keyframe_conditions(
+            keyframes, 64, 64, "crop", 0.02, g, "cpu",
+            shared_noise=settings["keyframe_noise"] == "shared")  # vibid, mpd: independent
+        ids = conditioning.added_time_ids(settings["fps"], 127, 0.02, 1, dtype=torch.float32,
+                                          device="cpu")  # mpd: its release's fps id 8
         plans = methods.layer_plans(method, tiny_pipe.unet,
                                     backward.loaded_variant(tiny_pipe.unet))
-        latents = tuple(peers.clean_latent(tiny_pipe.vae, im) for im in images)
+        sampled = g if settings["keyframe_latent"] == "sample" else None  # vibid, mpd: sampled
+        latents = tuple(peers.clean_latent(tiny_pipe.vae, im, sampled) for im in images)
         tiny_pipe.scheduler.set_timesteps(4)
         sigmas = tiny_pipe.scheduler.sigmas.float()
         x = tiny_pipe.initial_latent((1, 6, 4, 8, 8), g, None, "cpu")

@@ -22,6 +22,7 @@ import torch
 from inbetweening import cli
 from inbetweening.options import SamplingOptions
 from inbetweening.render import COLUMNS, read_manifest
+from inbetweening.utils import OUTPUT_MARK
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch_dtype. is deprecated:FutureWarning")
 
@@ -106,7 +107,7 @@ def launch(launcher: str, scene, out, model_args) -> subprocess.Popen:
 
 
 def test_the_reference_run_renders_every_shot_and_sums_them_up(reference, scene):
-    assert sorted(files(reference)) == ["a.gif", "d.webp"] + [
+    assert sorted(files(reference)) == ["a.gif", "d.webp", f"frames/{OUTPUT_MARK}"] + [
         f"frames/frame_{i:04d}.png" for i in range(6)] + ["sub/c.zip"]
     summary = json.loads((reference / "render.json").read_text())
     assert summary["counts"] == {"done": 4}

@@ -72,5 +72,8 @@ def test_svd_xt_fused_equals_reference(svd_xt):
     fused, ref = (svd_xt(*keyframes, dual_pass=p, generator=torch.Generator().manual_seed(0),
                          **kw).frames for p in ("fused", "reference"))
     assert fused.shape == (1, 4, 4, 16, 16) and torch.isfinite(fused).all()
-    # 1e-4, relative to the latent's size when that is above 1 (measured: 6e-5 at 1.2).
-    assert (fused - ref).abs().max().item() <= 1e-4 * max(ref.abs().max().item(), 1.0)
+    # fp32 rounding of a 1.5B-parameter UNet whose matrix kernels block a batch of 4 rows and one
+    # of 2 differently: measured 6e-5 (AVX2) and 2.4e-4 (AVX-512, torch 2.13) at a latent of
+    # 1.2, so 5e-4 relative to the latent's size when that is above 1. A wrong map or weight
+    # moves the latent by far more (the tiny models' tests hold fused = reference to 1e-5).
+    assert (fused - ref).abs().max().item() <= 5e-4 * max(ref.abs().max().item(), 1.0)

@@ -221,8 +221,8 @@ def install(model) -> dict[str, TemporalAttentionProcessor]:
     backbone = backbones.for_model(model)
     layers = backbone.attention_layers(model)
     if not layers:
-        raise InbetweeningError(f"this model has no attention layers of a {backbone.name} "
-                                "backbone (is it an SVD UNet?)")
+        raise InbetweeningError(f"this model has no {backbone.layers} (is it an "
+                                f"{backbone.model}?)")
     current = dict(model.attn_processors)
     procs = {}
     for name, attn in layers.items():

@@ -56,6 +56,8 @@ class Backbone:
     this base class holds what follows from them."""
 
     name = "backbone"
+    layers = "attention layers"  # what its controlled layers are, in words (for messages)
+    model = "model"  # what a model of the family is, in words (for messages)
 
     # -- the attention layers ----------------------------------------------------------------
     def attention_layers(self, model) -> dict[str, torch.nn.Module]:
@@ -120,6 +122,8 @@ class SVDBackbone(Backbone):
     unconditional rows are zeros for both the embedding and the image latent."""
 
     name = "svd"
+    layers = "temporal self-attention layers"
+    model = "SVD UNet"
     LAYER_SUFFIX = "temporal_transformer_blocks.0.attn1"
 
     def attention_layers(self, model) -> dict[str, torch.nn.Module]:

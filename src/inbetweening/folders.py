@@ -15,6 +15,8 @@ import json
 import os
 from pathlib import Path
 
+import torch
+
 from . import attention, backward
 from .utils import InbetweeningError
 
@@ -45,10 +47,13 @@ def import_own_components(folder: Path) -> None:
 def dtype_kwargs(kwargs: dict) -> dict:
     """``from_pretrained`` keyword arguments with the dtype (given as ``dtype`` or
     ``torch_dtype``) under the name this diffusers knows without a warning: diffusers renamed
-    ``torch_dtype`` to ``dtype`` (and resolves the old name with ``_resolve_dtype``)."""
+    ``torch_dtype`` to ``dtype`` (and resolves the old name with ``_resolve_dtype``). None given:
+    float32, diffusers' own default, for every component (transformers 5 would load the image
+    encoder in the dtype it was saved in, e.g. the toy models' fp16, and the pipeline would
+    encode keyframes in another precision than the command line, which asks for float32)."""
     kwargs = dict(kwargs)
     given = [v for v in (kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None))
-             if v is not None]
+             if v is not None] or [torch.float32]
     if len(given) > 1:
         raise InbetweeningError("give the dtype once: dtype or torch_dtype, not both")
     if given:
@@ -76,6 +81,17 @@ def finish_model_index(folder: Path, class_name: str) -> None:
     if library == "transformers" and base != name and hasattr(transformers, base):
         index["feature_extractor"] = [library, base]
     path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def align_weights(module: torch.nn.Module, alignment: int = 64) -> None:
+    """Give each CPU weight of ``module`` its own memory aligned as torch allocates it. Weights
+    loaded from a file may stay views into the memory-mapped file at any offset, where the CPU's
+    matrix kernels take another path and round differently (~1e-6): a loaded pipeline then makes
+    other frames than the same weights built in memory. Aligned, the two agree exactly."""
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            if tensor.device.type == "cpu" and tensor.numel() and tensor.data_ptr() % alignment:
+                tensor.data = tensor.data.clone()
 
 
 class ModelFolder:
@@ -119,6 +135,9 @@ class ModelFolder:
         once the pipeline is built: a local folder's extras are loaded then."""
         super().register_to_config(**kwargs)
         if kwargs.get("_name_or_path") is not None:
+            for component in self.components.values():
+                if isinstance(component, torch.nn.Module):
+                    align_weights(component)
             self._load_extras(Path(str(kwargs["_name_or_path"])))
 
     def _load_extras(self, folder: Path) -> None:

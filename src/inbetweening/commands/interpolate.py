@@ -25,8 +25,8 @@ def output_paths(output: str, count: int) -> list[Path]:
     (before the suffix) for several."""
     if not 1 <= count <= 100:
         raise InbetweeningError(f"--num-videos must be between 1 and 100, not {count}")
-    if count == 1:
-        return [Path(output)]
+    if count == 1 or not str(output):  # (an empty path is refused by media.check_output)
+        return [output]
     path = Path(output)
     return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(1, count + 1)]
 
