@@ -10,7 +10,7 @@ E2E_STAMP := $(VENV)/.installed-e2e-$(DEPS)
 TORCH  ?= torch==2.13.0
 PIP    := $(BIN)/python -m pip install -q --disable-pip-version-check
 
-.PHONY: setup test demo e2e comfyui-e2e chromium benchmark clean
+.PHONY: setup test test-slow demo e2e comfyui-e2e chromium benchmark clean
 
 setup: $(STAMP)
 
@@ -22,7 +22,11 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# The slow tier (several processes, the SVD-XT-sized UNet, long toy videos): CI runs it too.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
 
 # The app's end-to-end browser test: Debian's Chromium (from apt, when missing) driven by
 # Playwright (from PyPI; it never downloads a browser of its own).

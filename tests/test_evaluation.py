@@ -252,6 +252,7 @@ def stable(out):
     return saved
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_same_table(full_run, toy_set, model, tmp_path):
     reference, _ = full_run
     out = tmp_path / "two"

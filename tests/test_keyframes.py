@@ -250,6 +250,7 @@ def test_cli_keyframe_errors_write_nothing(tiny_model_dir, keyframe_files, tmp_p
 # -- the bundled toy model ------------------------------------------------------------------------
 
 @pytest.mark.skipif(bundled_model() is None, reason="the toy model is not bundled in this checkout")
+@pytest.mark.slow
 def test_three_keyframe_toy_video_passes_through_each_keyframe():
     """On the trained toy model: frame k * (F - 1) of a three-keyframe video is, to a tenth, as
     near (mean squared pixel distance) to keyframe k as the nearest frame, which lies at most

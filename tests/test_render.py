@@ -121,6 +121,7 @@ def test_the_reference_run_renders_every_shot_and_sums_them_up(reference, scene)
     assert all(e["seconds"] > 0 for e in shots.values())
 
 
+@pytest.mark.slow
 def test_two_processes_render_the_same_files_as_one(reference, scene, model_args, tmp_path):
     out = tmp_path / "two"
     proc = launch("accelerate", scene, out, model_args)
@@ -147,6 +148,7 @@ def record(out: Path, name: str) -> dict | None:
     return load_record(out, name)
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_manifest_goes_on_to_the_same_files(reference, scene, model_args,
                                                             tmp_path, capsys):
     """Two processes under torchrun; the first is killed while it renders its second shot (the

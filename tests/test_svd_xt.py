@@ -14,6 +14,8 @@ from conftest import perturb_backward, tiny_components
 from inbetweening import attention, backward
 from inbetweening.pipeline import InbetweenPipeline
 
+pytestmark = pytest.mark.slow  # a 1.5B-parameter UNet (make test-slow)
+
 
 def _svd_xt_pipe() -> InbetweenPipeline:
     """SVD-XT's UNet (the class defaults are SVD-XT's config but for sample_size) with the tiny

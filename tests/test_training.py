@@ -488,6 +488,7 @@ LAUNCHERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", list(LAUNCHERS))
 def test_two_processes_on_the_cpu_write_one_consistent_file(launcher, clips_dir, tmp_path,
                                                            tiny_model_dir):
