@@ -23,7 +23,8 @@ def run(args) -> None:
     options = sampling_options(args)
     summary = render(args.manifest, args.output, model=args.model, backward=args.backward,
                      device=args.device, dtype=args.dtype, options=options,
-                     seed=check_seed(args.seed), overwrite=args.overwrite, compile=args.compile)
+                     seed=check_seed(args.seed), overwrite=args.overwrite, compile=args.compile,
+                     memory=args.memory)
     said = failures(summary) if summary is not None else None
     if said:
         raise InbetweeningError(said)

@@ -161,7 +161,8 @@ def _prepare(manifest: Path, out: Path, options, seed: int, model, backward, ove
 
 def render(manifest, out, *, model=None, backward=None, device=None, dtype=None,
            options: SamplingOptions | None = None, seed: int = 0, overwrite: bool = False,
-           compile: bool = False, quiet: bool = False) -> dict | None:
+           compile: bool = False, quiet: bool = False,
+           memory: str | None = None) -> dict | None:
     """Render every shot of ``manifest`` (see :mod:`inbetweening.render.manifest`) into the
     folder ``out``, with the model loaded once; returns the summary (``out/render.json``) on the
     main process, None on the others. Under ``accelerate launch`` or ``torchrun`` the processes
@@ -169,7 +170,8 @@ def render(manifest, out, *, model=None, backward=None, device=None, dtype=None,
     every row is checked before any work (InbetweeningError, one line per bad row); a shot that
     fails is recorded as failed (``summary["counts"]["failed"]``) and the others go on.
     ``options``: the sampling options of the rows' empty cells; ``seed``: the seed of rows
-    without one; ``overwrite``: render again outputs made with other settings."""
+    without one; ``overwrite``: render again outputs made with other settings; ``memory``: a
+    memory setting (:mod:`inbetweening.memory`)."""
     manifest, out = Path(manifest), Path(out)
     try:  # (what needs no model is checked before torch is imported: a mistake is said at once)
         shots, todo, made = _prepare(manifest, out, options, seed, model, backward, overwrite)
@@ -186,7 +188,7 @@ def render(manifest, out, *, model=None, backward=None, device=None, dtype=None,
             # (several processes on "cuda": each its own GPU, as the launcher numbers them)
             many = state.num_processes > 1 and device in (None, "cuda")
             dev = state.device if many else device
-            pipe = load_pipeline(model, backward, dev, dtype, compile=compile,
+            pipe = load_pipeline(model, backward, dev, dtype, compile=compile, memory=memory,
                                  quiet=quiet or not state.is_main_process)
             check_shots_on(pipe, manifest, todo)
     except InbetweeningError:
