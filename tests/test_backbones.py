@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers.models.attention import AttentionMixin
 from diffusers.models.attention_processor import Attention
 
 from inbetweening import attention, backward
@@ -73,7 +72,24 @@ class Block(torch.nn.Module):
         return h + self.mlp(self.norm2(h))
 
 
-class TinyJointVideoModel(AttentionMixin, torch.nn.Module):
+class Processors:
+    """What diffusers' models offer for attention processors (``attn_processors``,
+    ``set_attn_processor``), written here so the test runs on every diffusers the package takes
+    (its own mixin for this came after 0.32)."""
+
+    @property
+    def attn_processors(self) -> dict:
+        return {f"{n}.processor": m.processor for n, m in self.named_modules()
+                if isinstance(m, Attention)}
+
+    def set_attn_processor(self, processors) -> None:
+        for n, m in self.named_modules():
+            if isinstance(m, Attention):
+                m.set_processor(processors.pop(f"{n}.processor")
+                                if isinstance(processors, dict) else processors)
+
+
+class TinyJointVideoModel(Processors, torch.nn.Module):
     """x (N, F, C, h, w), time t (N,), keyframe embedding (N, 1, COND), image latent (N, C, h, w)
     -> velocity (N, F, C, h, w). The image latent is patched onto every frame's tokens."""
 
