@@ -108,7 +108,8 @@ def test_demo_writes_videos_sheet_and_metrics(tiny_model_dir, tmp_path, capsys):
     assert (out / "contact_sheet.png").stat().st_size > 0
     metrics = json.loads((out / "metrics.json").read_text())["methods"]
     assert set(metrics) == {"gi", "trf", "forward"}
-    assert "direction consistency" in (out / "metrics.md").read_text()
+    text = (out / "metrics.md").read_text()
+    assert "direction consistency" in text and "(steps: gi 1, trf 1, forward 1)" in text
     assert cli.main(argv) == 2  # exists: not replaced without --overwrite
     assert "already exists" in capsys.readouterr().err
     assert cli.main(argv + ["--overwrite"]) == 0

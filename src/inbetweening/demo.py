@@ -132,9 +132,11 @@ def run_demo(pipe, out: Path, *, pairs: int = 3, seed: int = 0, overwrite: bool 
         summary = {m: {k: float(np.mean([r[k] for r in runs])) for k in
                        ("trajectory_error", "direction_consistency", "endpoint_psnr")}
                    for m, runs in per_method.items()}
+        steps = ", ".join(f"{m} {pipe.call_settings(m, **kw)[0]['num_inference_steps']}"
+                          for m in methods)
         (tmp / "metrics.md").write_text(
-            f"Tracker metrics over {pairs} held-out toy clips (seed {DEMO_SEED}), "
-            f"{kw.get('num_inference_steps', 50)} steps, sampling seed {seed}:\n\n{table}")
+            f"Tracker metrics over {pairs} held-out toy clips (seed {DEMO_SEED}), each method "
+            f"at its own settings (steps: {steps}), sampling seed {seed}:\n\n{table}")
         (tmp / "metrics.json").write_text(json.dumps(
             {"methods": summary, "pairs": pairs, "call": {k: v for k, v in kw.items()
                                                            if k != "output_type"}}, indent=2))
