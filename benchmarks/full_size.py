@@ -270,7 +270,8 @@ def video_peaks(pipe, size, frames: int, max_rows, chunk, chunking: bool) -> dic
     keyframe = PIL.Image.new("RGB", size)
     try:
         tracker = tracked_call(pipe, lambda: pipe(
-            keyframe, keyframe, num_frames=frames, num_inference_steps=1, reinject_count=0,
+            keyframe, keyframe, num_frames=frames, height=h, width=w, num_inference_steps=1,
+        reinject_count=0,
             output_type="pt", max_unet_batch=max_rows, decode_chunk_size=chunk))
     finally:
         set_forward_chunking(unet, False)
