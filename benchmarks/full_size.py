@@ -270,8 +270,7 @@ def video_peaks(pipe, size, frames: int, max_rows, chunk, chunking: bool) -> dic
     keyframe = PIL.Image.new("RGB", size)
     try:
         tracker = tracked_call(pipe, lambda: pipe(
-            keyframe, keyframe, num_frames=frames, height=h, width=w, num_inference_steps=1,
-        reinject_count=0,
+            keyframe, keyframe, num_frames=frames, num_inference_steps=1, reinject_count=0,
             output_type="pt", max_unet_batch=max_rows, decode_chunk_size=chunk))
     finally:
         set_forward_chunking(unet, False)
@@ -349,8 +348,8 @@ def validation_calls(pipe, device, size, frames: int) -> dict:
         calls[f"VAE decode, chunk {chunk}"] = (lambda c: lambda: pipe.decode(z, c))(chunk)
     keyframe = PIL.Image.new("RGB", size)
     calls["whole pipeline call (1 step, guidance)"] = lambda: pipe(
-        keyframe, keyframe, num_frames=frames, num_inference_steps=1, reinject_count=0,
-        output_type="pt", generator=torch.Generator().manual_seed(0))
+        keyframe, keyframe, num_frames=frames, height=h, width=w, num_inference_steps=1,
+        reinject_count=0, output_type="pt", generator=torch.Generator().manual_seed(0))
     return calls
 
 

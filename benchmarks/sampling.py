@@ -75,7 +75,8 @@ def denoiser(unet, mode: dict, frames: int, latent_hw, device, dtype, method: st
 
     ids = torch.tensor([[6.0, 127.0, 0.02]], device=device, dtype=dtype)
     plans = layer_plans(method, unet, "rotation")
-    start, end = cond(), (cond() if method != "forward" else None)
+    start, end = cond(), cond()  # both drawn, so that every method gets the same latent x
+    end = None if method == "forward" else end
     scale = guidance_per_frame(frames, 1, 3, True) if guidance else None
     den = InbetweenDenoiser(unet, start, end, ids, scale, fuse_weights(frames, "average"), plans,
                             **mode)
