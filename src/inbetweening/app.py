@@ -201,7 +201,7 @@ class InbetweenApp:
         message); on bad input (None, None, the reason). ``memory``: a memory setting
         (:mod:`inbetweening.memory`) to switch the pipeline to first (None: keep its own)."""
         from . import media
-        from .memory import apply_memory, memory_preset
+        from .memory import apply_memory
         from .inputs import check_aspects
         from .keyframes import check_options, layout
 
@@ -219,8 +219,6 @@ class InbetweenApp:
             settings = check_options(self.pipe, options, images[0])
             seed = _seed(seed)
             closed = layout(images, loop).closed
-            if memory is not None:
-                memory_preset(memory)
             with self._lock:
                 if memory is not None:
                     apply_memory(self.pipe, memory)

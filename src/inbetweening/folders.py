@@ -56,13 +56,12 @@ def dtype_kwargs(kwargs: dict) -> dict:
              if v is not None] or [torch.float32]
     if len(given) > 1:
         raise InbetweeningError("give the dtype once: dtype or torch_dtype, not both")
-    if given:
-        try:
-            from diffusers.utils import _resolve_dtype  # noqa: F401
-        except ImportError:
-            kwargs["torch_dtype"] = given[0]
-        else:
-            kwargs["dtype"] = given[0]
+    try:
+        from diffusers.utils import _resolve_dtype  # noqa: F401
+    except ImportError:
+        kwargs["torch_dtype"] = given[0]
+    else:
+        kwargs["dtype"] = given[0]
     return kwargs
 
 
