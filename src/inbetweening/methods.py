@@ -4,7 +4,8 @@
 gi         the paper: backward direction with the forward maps rotated by 180 degrees in every
            temporal self-attention layer and the fine-tuned backward weights. With backward
            weights of the ``no-rotation`` variant (the paper's "w/o RA" ablation) it uses those
-           weights (q, k, v, o) and no rotation.
+           weights (q, k, v, o) and no rotation; with ``no-rotation-vo`` (v, o) no rotation
+           either.
 gi-noft    the paper's "w/o FT" ablation: rotated maps in the up blocks only, base weights.
 trf        time-reversal fusion (Feng et al. 2024): the backward direction is the plain forward
            model run on the time-flipped video from the end frame; no rotation, base weights.
@@ -68,7 +69,8 @@ def layer_plans(method: str, layers: list[str], backward_variant: str | None) ->
     """The backward direction's plan in every temporal self-attention layer for ``method``.
 
     ``backward_variant`` is the variant of the loaded backward weights (``"rotation"``,
-    ``"no-rotation"``) or None when none are loaded.
+    ``"no-rotation"``, ``"no-rotation-vo"``) or None when none are loaded; only ``rotation``
+    attends with the rotated maps.
     """
     from .attention import LayerPlan, is_up_block
 
