@@ -367,3 +367,27 @@ def test_benchmark_commands(tmp_path, capsys):
     code, err = run_cli(["benchmark", "make", "--videos", str(tmp_path / "none"), "--out",
                          str(tmp_path / "set")], capsys)
     assert code == 2 and "not found" in err
+
+
+def test_paired_comparison_of_two_arms_over_pairs():
+    """The per-pair difference's mean, a bootstrap interval over pairs that repeats with its
+    seed and narrows with more pairs, and the count of pairs each side wins."""
+    from inbetweening.evaluation.report import paired_comparison
+
+    a = [1.0, 2.0, 3.0, 4.0]
+    b = [0.0, 2.0, 4.0, 2.0]  # differences 1, 0, -1, 2
+    r = paired_comparison(a, b)
+    assert r["mean_difference"] == 0.5 and r["pairs"] == 4
+    assert (r["a_better"], r["b_better"]) == (1, 2)  # lower is better by default; a tie
+    assert -1.0 <= r["ci_low"] < 0.5 < r["ci_high"] <= 2.0
+    assert paired_comparison(a, b, seed=0) == r
+    up = paired_comparison(a, b, higher_is_better=True)
+    assert (up["a_better"], up["b_better"]) == (2, 1)
+    same = paired_comparison([3.0] * 5, [1.0] * 5)
+    assert same["ci_low"] == same["ci_high"] == 2.0
+    rng = np.random.default_rng(1)
+    few, many = (paired_comparison(rng.normal(0.5, 1, n), np.zeros(n)) for n in (10, 1000))
+    assert many["ci_high"] - many["ci_low"] < (few["ci_high"] - few["ci_low"]) / 5
+    assert many["ci_low"] < 0.5 < many["ci_high"]
+    with pytest.raises(ValueError):
+        paired_comparison([1.0, 2.0], [1.0])

@@ -188,3 +188,25 @@ def mean_and_spread(runs: list[dict], names) -> dict:
             out[name + "_spread"] = max(values) - min(values)
     return out
 
+
+
+def paired_comparison(a, b, *, resamples: int = 10_000, seed: int = 0,
+                      higher_is_better: bool = False, level: float = 0.95) -> dict:
+    """Two methods (or arms) on the same pairs: ``a`` and ``b`` hold one value per pair, in the
+    same order (e.g. each pair's mean over sampling seeds). The per-pair difference a - b: its
+    mean, a percentile bootstrap interval at ``level`` over pairs (``resamples`` draws of the
+    pairs with replacement, from a generator seeded with ``seed``, so the interval repeats), and
+    on how many pairs each is better (ties are neither)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or not len(a):
+        raise ValueError(f"need one value per pair for both, not shapes {a.shape} and {b.shape}")
+    diff = a - b
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
+    tail = (1 - level) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    a_better = diff > 0 if higher_is_better else diff < 0
+    b_better = diff < 0 if higher_is_better else diff > 0
+    return {"mean_difference": float(diff.mean()), "ci_low": float(low), "ci_high": float(high),
+            "pairs": int(len(diff)), "a_better": int(a_better.sum()),
+            "b_better": int(b_better.sum())}
