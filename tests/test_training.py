@@ -106,16 +106,9 @@ def test_split_and_fused_gradients_equal_the_reference():
         b.abs().max() for b in ref)
 
 
-def test_no_rotation_variant_trains_qkvo_and_uses_no_maps():
-    """w/o RA: to_q, to_k, to_v, to_out.0 train, and the backward branch is simply the UNet with
-    those weights swapped in (no forward branch at all)."""
-    unet = fresh_pipe().unet
-    weights = perturbed_weights(unet, "no-rotation")
-    assert {n.rsplit("attn1.", 1)[1] for n in weights} == {
-        "to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight"}
-    batch = random_batch()
-    got = gradients(unet, weights, "no-rotation", "split", batch)
-    # Oracle: the plain UNet with the backward weights substituted, on the reversed clip.
+def plain_unet_gradients(unet, weights, batch) -> list[torch.Tensor]:
+    """Oracle of the variants without maps: the gradients of the loss of the plain UNet with
+    the backward weights substituted, on the reversed clip (no forward branch at all)."""
     for p in weights.values():
         p.grad = None
     s = batch["sigma"].view(-1, 1, 1, 1, 1)
@@ -128,7 +121,19 @@ def test_no_rotation_variant_trains_qkvo_and_uses_no_maps():
     _, c_skip, c_out, _ = conditioning.edm_scalings(s)
     per = ((c_skip * noisy_b + c_out * v - target) ** 2).mean(dim=(1, 2, 3, 4))
     (per * conditioning.loss_weight(batch["sigma"])).mean().backward()
-    want = [p.grad.clone() for p in weights.values()]
+    return [p.grad.clone() for p in weights.values()]
+
+
+def test_no_rotation_variant_trains_qkvo_and_uses_no_maps():
+    """w/o RA: to_q, to_k, to_v, to_out.0 train, and the backward branch is simply the UNet with
+    those weights swapped in (no forward branch at all)."""
+    unet = fresh_pipe().unet
+    weights = perturbed_weights(unet, "no-rotation")
+    assert {n.rsplit("attn1.", 1)[1] for n in weights} == {
+        "to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight"}
+    batch = random_batch()
+    got = gradients(unet, weights, "no-rotation", "split", batch)
+    want = plain_unet_gradients(unet, weights, batch)
     assert_close_rel(got, want)
     assert_close_rel(gradients(unet, weights, "no-rotation", "fused", batch), want)
     # The forward branch plays no part.
@@ -149,19 +154,7 @@ def test_no_rotation_vo_variant_trains_v_and_o_without_maps():
     assert list(weights) == backward.backward_parameter_names(unet, "rotation")
     batch = random_batch()
     got = gradients(unet, weights, "no-rotation-vo", "split", batch)
-    for p in weights.values():
-        p.grad = None
-    s = batch["sigma"].view(-1, 1, 1, 1, 1)
-    noisy_b, target = (batch["z"] + s * batch["noise"]).flip(1), batch["z"].flip(1)
-    inp, t = training.unet_input(noisy_b, batch["sigma"], batch["lat_last"])
-    ids = conditioning.added_time_ids(7, 127, 0.02, 2)
-    with attention.phase(unet, "plain"):
-        v = torch.func.functional_call(unet, dict(weights), (inp, t, batch["emb_last"], ids),
-                                       {"return_dict": False})[0]
-    _, c_skip, c_out, _ = conditioning.edm_scalings(s)
-    per = ((c_skip * noisy_b + c_out * v - target) ** 2).mean(dim=(1, 2, 3, 4))
-    (per * conditioning.loss_weight(batch["sigma"])).mean().backward()
-    want = [p.grad.clone() for p in weights.values()]
+    want = plain_unet_gradients(unet, weights, batch)
     assert_close_rel(got, want)
     for dual_pass in ("fused", "reference"):
         assert_close_rel(gradients(unet, weights, "no-rotation-vo", dual_pass, batch), want)
