@@ -120,7 +120,8 @@ def mechanism_tables(records: dict[tuple, list[dict]], splits: dict[str, float]
 
     table, paired = [], []
     for world in sorted({k[0] for k in records}):
-        probes = sorted({r["probe"] for k, rs in records.items() if k[0] == world for r in rs})
+        probes = sorted({r["probe"] for k, rs in records.items() if k[0] == world for r in rs},
+                        key=_noisiest_first)
         for probe in probes:
             def subset(arm, seed=None, pair=None):
                 return [r for (w, s, a), rs in records.items() if (w, a) == (world, arm)
@@ -138,6 +139,11 @@ def mechanism_tables(records: dict[tuple, list[dict]], splits: dict[str, float]
                 table.append(row)
             paired += _mechanism_paired(world, probe, subset, splits[world])
     return table, paired
+
+
+def _noisiest_first(probe: str) -> float:
+    """Sort key of the probe names: ``noise`` first, then ``true+S`` by falling S."""
+    return float("-inf") if probe == "noise" else -float(probe.split("+")[1])
 
 
 def _mechanism_paired(world, probe, subset, split) -> list[dict]:
@@ -284,7 +290,7 @@ def _md_mechanism_paired(rows: list[dict]) -> str:
         return ""
     lines = []
     for key in sorted({(r["world"], r["probe"], r["a"], r["b"]) for r in rows},
-                      key=lambda k: (k[0], k[1], COMPARISONS.index(k[2:]))):
+                      key=lambda k: (k[0], _noisiest_first(k[1]), COMPARISONS.index(k[2:]))):
         got = {r["metric"]: r for r in rows if (r["world"], r["probe"], r["a"], r["b"]) == key}
         lines.append(f"| {key[0]} | {key[1]} | `{key[2]}` - `{key[3]}` | "
                      f"{_ci(got['speed_agree'], 3)} | {_ci(got['middle_distance'], 2)} |")
