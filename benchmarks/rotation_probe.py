@@ -192,9 +192,24 @@ def speed_class(speed: float | None, split: float) -> str | None:
     return None if speed is None else ("fast" if speed >= split else "slow")
 
 
+def speed_kappa(a: list[dict], b: list[dict], split: float) -> float:
+    """Cohen's kappa of two directions' speed classes over the vehicles where both were read:
+    their agreement beyond what their rates of slow and fast alone would give (0: chance, 1:
+    always the same class; NaN when either direction always gives the same class)."""
+    both = [(speed_class(x["speed"], split), speed_class(y["speed"], split)) for x, y in zip(a, b)
+            if x["speed"] is not None and y["speed"] is not None]
+    if not both:
+        return float("nan")
+    observed = sum(x == y for x, y in both) / len(both)
+    fa, fb = (sum(p[i] == "fast" for p in both) / len(both) for i in (0, 1))
+    chance = fa * fb + (1 - fa) * (1 - fb)
+    return (observed - chance) / (1 - chance) if chance < 1 else float("nan")
+
+
 def agreement(records: list[dict], split: float) -> dict[str, float]:
     """Over vehicle records: how often the two directions agree (the same speed class; middle
-    positions within MIDDLE_TOLERANCE), how often each agrees with the truth, their mean
+    positions within MIDDLE_TOLERANCE) and the speed classes' agreement beyond chance (kappa),
+    how often each direction makes a vehicle fast and agrees with the truth, their mean
     middle-frame distance, and how often a direction's speed could not be read (the tracker lost
     the vehicle). A direction whose speed could not be read agrees with nothing."""
     def close(a, b) -> bool:
@@ -210,6 +225,9 @@ def agreement(records: list[dict], split: float) -> dict[str, float]:
     f, b, t = ([r[k] for r in records] for k in ("forward", "backward", "true"))
     return {
         "speed_agree": sum(map(same, f, b)) / n,
+        "speed_kappa": speed_kappa(f, b, split),
+        "forward_fast": sum(speed_class(x["speed"], split) == "fast" for x in f) / n,
+        "backward_fast": sum(speed_class(x["speed"], split) == "fast" for x in b) / n,
         "middle_agree": sum(close(x["middle"], y["middle"]) for x, y in zip(f, b)) / n,
         "middle_distance": float(np.mean([np.hypot(*np.subtract(x["middle"], y["middle"]))
                                           for x, y in zip(f, b)])),

@@ -28,6 +28,8 @@ METRICS = {"trajectory_error": ("trajectory error (px)", False, 2),
 PAIRED = ("trajectory_error", "direction_consistency", "blended", "psnr")
 # mechanism measure -> (title, higher is better)
 AGREEMENT = {"speed_agree": ("speed class agrees", True),
+             "speed_kappa": ("speed kappa", True),
+             "forward_fast": ("fwd fast", None), "backward_fast": ("bwd fast", None),
              "middle_agree": ("middle within 4 px", True),
              "middle_distance": ("middle distance (px)", False),
              "forward_speed_true": ("fwd speed = truth", True),
@@ -272,7 +274,8 @@ def _md_mechanism(rows: list[dict]) -> str:
             + " |\n|" + "---|" * (4 + len(AGREEMENT)) + "\n")
     lines = []
     for r in rows:
-        cells = [f"{r[m]:.2f}" if m == "middle_distance" else f"{r[m]:.3f}" for m in AGREEMENT]
+        cells = [f"{r[m]:.2f}" if m in ("middle_distance", "speed_kappa") else f"{r[m]:.3f}"
+                 for m in AGREEMENT]
         seeds = "/".join(f"{v:.2f}" for v in r["speed_agree_seeds"])
         cells[0] += f" ({seeds})"
         lines.append(f"| {r['world']} | {r['probe']} | `{r['arm']}` | {r['vehicles']} | "
