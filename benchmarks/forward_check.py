@@ -21,15 +21,12 @@ import numpy as np
 
 
 def _speeds(positions: np.ndarray, headings, found: np.ndarray) -> list[float]:
-    """Per vehicle: mean displacement per frame along its heading, over the frames it is seen."""
-    out = []
-    for pos, h, seen in zip(positions, headings, found):
-        direction = np.array([np.cos(h), np.sin(h)])
-        steps = np.diff(pos, axis=0) @ direction
-        ok = seen[1:] & seen[:-1]
-        if ok.sum() >= 2:
-            out.append(float(steps[ok].mean()))
-    return out
+    """Per vehicle: mean displacement per frame along its heading, over the frames it is seen
+    (the vehicles seen in fewer than two steps left out)."""
+    from inbetweening.toy.tracker import speed_along_heading
+
+    speeds = [speed_along_heading(p, h, f) for p, h, f in zip(positions, headings, found)]
+    return [s for s in speeds if s is not None]
 
 
 def main(argv=None) -> None:
@@ -74,7 +71,7 @@ def main(argv=None) -> None:
         true += _speeds(centers, headings, np.ones(centers.shape[:2], dtype=bool))
         consistency.append(direction_consistency(tracks.positions, headings))
     modes = WORLDS[a.world].speed_modes or WORLDS[a.world].speed_range()
-    split = float(np.sqrt(modes[0] * modes[-1]))  # between the two modes (geometric mean)
+    split = WORLDS[a.world].speed_split()  # between the two modes (geometric mean)
 
     def summary(speeds):
         s = np.asarray(speeds)

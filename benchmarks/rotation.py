@@ -1,17 +1,37 @@
-"""The paper's rotation ablation (its Table 1, "w/o RA"), on ground truth: backward weights trained
-with the forward model's rotated attention maps (``rotation``, the paper) and without them
-(``no-rotation``: q, k, v, o trained, no maps), at several training-set sizes and two training
-seeds, on the ambiguous toy world (each vehicle slow or fast) and, at the paper's 100 clips, on
-today's toy world. Each backward model is evaluated with ``gi`` on held-out pairs of its world
-with the tracker and the blending measure.
+"""The paper's rotation ablation (its Table 1, "w/o RA"), on ground truth, in one resumable
+command. Three arms of backward weights, each trained with the bundled toy models' recipe
+(``BackwardConfig``: 1,500 steps, batch 4, lr 3e-4, every 100 steps a checkpoint):
 
-    python benchmarks/rotation.py --out runs/rotation \\
-        --ambiguous-model runs/ambiguous        # the ambiguous world's forward model
-    python benchmarks/rotation.py --out runs/rotation --steps 500 --pairs 12   # a cheaper grid
+``rotation``        to_v / to_out.0 with the forward model's rotated maps (the paper);
+``no-rotation``     to_q, to_k, to_v, to_out.0 without the maps (the paper's "w/o RA");
+``no-rotation-vo``  to_v / to_out.0 without the maps: the capacity of ``rotation``, no rotation.
 
-Every cell is written as it is done (training checkpoints, evaluation records), so running the
-same command again continues where it stopped. The table goes to OUT/table.md and
-OUT/results.json: per world, size and variant the mean over seeds and the spread (max - min).
+on the ambiguous world (each vehicle slow or fast; its bundled forward model ``toy-ambiguous``;
+400 training clips) and today's world (``toy``; 100 clips, the paper's count), two training seeds
+each. For every trained model:
+
+- the held-out denoising loss (the training objective on 16 held-out clips at sigma 0.5, 1, 2, 5
+  and 10, with fixed noise) at step 0 and at every checkpoint, to show the arms converged;
+- ``gi`` on 24 held-out pairs of its world x 3 sampling seeds at 25 steps, with no re-injection
+  (``reinject-0``) and with the published re-injection (``reinject-5``: 5 on the first half of
+  the steps): the tracker's metrics and the blending measure;
+- the mechanism: on the same noisy latents for every arm (per pair and sampling seed: pure
+  noise at the first sigma; the true clip's latent plus noise at sigma 2.5, 6, 15 and 40), the
+  forward-only (w = 1) and backward-only (w = 0) clean estimates, decoded and tracked: each
+  vehicle's speed class and middle-frame position in each direction, and how often the two
+  directions agree (benchmarks/rotation_probe.py).
+
+    python benchmarks/rotation.py --out runs/rotation2 --threads 1 --publish   # the whole study
+    python benchmarks/rotation.py --out runs/rotation-tiny --steps 20 --checkpoint-every 10 \\
+        --pairs 2 --seeds 0 --sampling-seeds 0 --loss-clips 4                 # a look at it
+    python benchmarks/rotation.py --out runs/rotation2 --report   # the tables of what is done
+
+Every piece is written as it is done (training checkpoints, loss records, evaluation records,
+mechanism records), so running the same command again continues where it stopped. After each
+model the report is rewritten from what is there: OUT/results.json, OUT/table.md, OUT/loss.png,
+OUT/contact_sheet.png (benchmarks/rotation_report.py); ``--publish`` also copies them to
+benchmarks/results/rotation.{md,json}, docs/rotation-loss.png and
+docs/rotation-contact-sheet.png.
 """
 
 from __future__ import annotations
@@ -22,160 +42,228 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+from rotation_report import ARMS
+
 from inbetweening.backward import WEIGHTS_FILENAME
-from inbetweening.commands.toy_train import TRAIN_SEED, BackwardConfig, write_clips
+from inbetweening.toy.training import TRAIN_SEED, BackwardConfig, write_clips
 from inbetweening.evaluation import evaluate, make_toy_set
-from inbetweening.evaluation.report import mean_and_spread
-from inbetweening.toy.models import BUNDLED_MODEL
-from inbetweening.toy.world import WORLDS
+from inbetweening.toy.models import NAMED_MODELS
+from inbetweening.toy.world import HELD_OUT_SEED, WORLDS
 from inbetweening.train_config import TrainConfig
 from inbetweening.training import train
 
-VARIANTS = ("rotation", "no-rotation")
-METRICS = ("trajectory_error", "direction_consistency", "blended", "psnr", "endpoint_psnr")
+REPO = Path(__file__).resolve().parent.parent
+# world -> (its bundled forward model, training clips)
+WORLD_RUNS = {"ambiguous": ("toy-ambiguous", 400), "toy": ("toy", 100)}
+# evaluation setting -> re-injections on the first half of the 25 steps
+SETTINGS = {"reinject-0": 0, "reinject-5": 5}
+SAMPLING = {"steps": 25, "reinject_fraction": 0.5, "reinject_at": "first", "sampler": "euler",
+            "fuse": "average"}
+LOSS_CLIPS_SEED = HELD_OUT_SEED + 200  # the held-out loss's clips (not the evaluation pairs)
 
 
-def cells(sizes: list[int], seeds: list[int], toy_size: int) -> list[tuple[str, int, int, str]]:
-    """(world, clips, seed, variant) of the grid."""
-    grid = [("ambiguous", n, s, v) for n in sizes for s in seeds for v in VARIANTS]
-    return grid + [("toy", toy_size, s, v) for s in seeds for v in VARIANTS]
+def cell_name(world: str, seed: int, arm: str) -> str:
+    return f"{world}/seed-{seed}/{arm}"
 
 
-def cell_name(world: str, clips: int, seed: int, variant: str) -> str:
-    return f"{world}/clips-{clips}/seed-{seed}/{variant}"
+def model_path(world: str) -> Path:
+    return NAMED_MODELS[WORLD_RUNS[world][0]]
 
 
-def training_clips(out: Path, world: str, clips: int, seed: int) -> Path:
-    """The clips of a (world, size, seed): a different draw of the training stream per seed."""
+def training_clips(out: Path, world: str, seed: int) -> Path:
+    """The training clips of (world, seed): a different draw of the training stream per seed,
+    the same for every arm."""
+    clips = WORLD_RUNS[world][1]
     return write_clips(out / "data" / world / f"clips-{clips}-seed-{seed}", clips, WORLDS[world],
                        seed=TRAIN_SEED + 7 + 1000 * seed)
 
 
-def train_cell(out: Path, model: Path, world: str, clips: int, seed: int, variant: str,
-               cfg: BackwardConfig) -> Path:
-    """Backward weights of one cell, trained as the bundled toy model's were (resumable)."""
-    folder = out / "weights" / cell_name(world, clips, seed, variant)
-    done = folder / WEIGHTS_FILENAME
-    if done.is_file():
-        return done
+def train_config(out: Path, world: str, seed: int, arm: str, cfg: BackwardConfig) -> TrainConfig:
+    """The training of one cell, as the bundled toy models' backward weights were trained, every
+    checkpoint kept (the held-out loss scores them)."""
     geometry = WORLDS[world]
-    result = train(TrainConfig(
-        data=str(training_clips(out, world, clips, seed)), output=str(folder / "run"),
-        model=str(model), variant=variant, frames=geometry.frames, stride=1,
+    return TrainConfig(
+        data=str(training_clips(out, world, seed)),
+        output=str(out / "weights" / cell_name(world, seed, arm) / "run"),
+        model=str(model_path(world)), variant=arm, frames=geometry.frames, stride=1,
         size=(geometry.size, geometry.size), steps=cfg.steps, batch_size=cfg.batch, lr=cfg.lr,
         p_mean=cfg.p_mean, p_std=cfg.p_std, cond_aug=cfg.cond_aug, clips=cfg.windows,
-        checkpoint_every=cfg.checkpoint_every, sample_every=0, device="cpu", seed=seed,
-        resume="latest", progress=True))
-    shutil.copyfile(result, done)
+        checkpoint_every=cfg.checkpoint_every,
+        keep_checkpoints=cfg.steps // cfg.checkpoint_every + 1, sample_every=0,
+        device="cpu", seed=seed, resume="latest", progress=False)
+
+
+def train_cell(tc: TrainConfig) -> Path:
+    """The cell's backward weights (trained, or found trained)."""
+    done = Path(tc.output).parent / WEIGHTS_FILENAME
+    if not done.is_file():
+        shutil.copyfile(train(tc), done)
     return done
 
 
-def evaluate_cell(out: Path, model: Path, weights: Path, world: str, name: str,
-                  pairs: int) -> dict:
-    held_out = out / "sets" / world
-    if not (held_out / "manifest.json").is_file():
-        make_toy_set(held_out, pairs, world_name=world)
-    result = evaluate(held_out, "gi", out / "results" / name, model=str(model),
-                      backward=str(weights), device="cpu", quiet=True)
-    return result["methods"]["gi"]
+def held_out_set(out: Path, world: str, pairs: int) -> Path:
+    folder = out / "sets" / world
+    if not (folder / "manifest.json").is_file():
+        make_toy_set(folder, pairs, world_name=world)
+    return folder
 
 
-def summarise(rows: list[dict]) -> list[dict]:
-    """Mean and spread (max - min) over seeds, per world, size and variant."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["world"], r["clips"], r["variant"]), []).append(r)
-    table = []
-    for (world, clips, variant), runs in sorted(groups.items()):
-        table.append({"world": world, "clips": clips, "variant": variant, "seeds": len(runs),
-                      **mean_and_spread(runs, METRICS)})
-    return table
+def results_folder(out: Path, name: str, setting: str, seed: int) -> Path:
+    return out / "results" / name / setting / f"seed-{seed}"
 
 
-def markdown(table: list[dict]) -> str:
-    head = ("| world | clips | variant | trajectory error (px) | direction consistency | "
-            "blended vehicle-frames | PSNR | endpoint PSNR |\n|---|---|---|---|---|---|---|---|\n")
-    lines = []
-    for e in table:
-        cells_ = [f"{e[m]:.3f} ± {e[m + '_spread'] / 2:.3f}" if m in e else "-" for m in METRICS]
-        lines.append(f"| {e['world']} | {e['clips']} | {e['variant']} | " + " | ".join(cells_)
-                     + " |")
-    return head + "\n".join(lines) + ("\n\nmean over training seeds ± half their spread "
-                                      "(max - min)/2\n")
+def evaluate_cell(out: Path, world: str, weights: Path, name: str, pairs: int,
+                  seeds: list[int]) -> None:
+    for setting, count in SETTINGS.items():
+        for seed in seeds:
+            evaluate(held_out_set(out, world, pairs), "gi",
+                     results_folder(out, name, setting, seed), model=str(model_path(world)),
+                     backward=str(weights), device="cpu", quiet=True, seed=seed,
+                     options={**SAMPLING, "reinject": count})
 
 
-def contact(out: Path, world: str, clips: int, seed: int, path: Path) -> str | None:
-    """A contact sheet (true clip, rotation, no-rotation) of the held-out pair of ``world``
-    where the two variants' videos differ most in trajectory error plus blended frames (both
-    cells at ``clips`` and ``seed``). Returns the pair's id."""
-    import numpy as np
-    import PIL.Image
+def loss_cell(out: Path, world: str, tc: TrainConfig, loss_clips: int, every: int) -> None:
+    """The held-out loss of the cell's checkpoints (OUT/loss/CELL.json)."""
+    from rotation_probe import loss_batches, score_checkpoints
 
-    from inbetweening.demo import contact_sheet
-    from inbetweening.evaluation.results import load_npz, load_record, video_path
+    from inbetweening.loading import load_pipeline
+
+    geometry = WORLDS[world]
+    clips = write_clips(out / "data" / world / f"loss-clips-{loss_clips}", loss_clips, geometry,
+                        seed=LOSS_CLIPS_SEED)
+    pipe = load_pipeline(str(model_path(world)), None, "cpu", quiet=True)
+    batches = loss_batches(pipe, clips, geometry.frames, geometry.size, tc)
+    name = str(Path(tc.output).parent.relative_to(out / "weights"))
+    score_checkpoints(pipe, tc.variant, Path(tc.output), batches, tc,
+                      out / "loss" / f"{name}.json", every)
+
+
+def mechanism_cell(out: Path, world: str, weights: Path, name: str, pairs: int,
+                   seeds: list[int]) -> None:
+    """The two directions alone on the probe latents (OUT/mechanism/CELL.json)."""
+    from rotation_probe import probe_model
+
+    from inbetweening.evaluation.sets import load_set
+    from inbetweening.loading import load_pipeline
+
+    record = out / "mechanism" / f"{name}.json"
+    if record.is_file():
+        return
+    pipe = load_pipeline(str(model_path(world)), str(weights), "cpu", quiet=True)
+    probe_model(pipe, load_set(held_out_set(out, world, pairs)), seeds, record)
+
+
+def report(a, cells: list[tuple[str, int, str]]) -> dict:
+    """The report of what OUT holds (benchmarks/rotation_report.py): OUT/results.json,
+    OUT/table.md, OUT/loss.png and OUT/contact_sheet.png."""
+    import rotation_report as rr
+
+    from inbetweening.evaluation.results import write_json
     from inbetweening.evaluation.sets import load_set
 
-    folders = {v: out / "results" / cell_name(world, clips, seed, v) for v in VARIANTS}
-    bset = load_set(out / "sets" / world)
+    sets = {w: load_set(a.out / "sets" / w) for w in a.worlds
+            if (a.out / "sets" / w / "manifest.json").is_file()}
+    folders = {(w, setting, arm, s, k): results_folder(a.out, cell_name(w, s, arm), setting, k)
+               for w, s, arm in cells if w in sets for setting in SETTINGS
+               for k in a.sampling_seeds}
+    done = rr.gather_runs(folders, {w: [p.id for p in b.pairs] for w, b in sets.items()})
+    mechanism, curves = {}, {}
+    for w, s, arm in cells:
+        for kind, store in (("mechanism", mechanism), ("loss", curves)):
+            f = a.out / kind / f"{cell_name(w, s, arm)}.json"
+            if f.is_file():
+                data = json.loads(f.read_text())
+                store[(w, s, arm)] = data if kind == "mechanism" else {
+                    int(k): v for k, v in data.items()}
+    paired, per_pair = rr.paired_table(done)
+    mech, mech_paired = rr.mechanism_tables(mechanism, {w: WORLDS[w].speed_split()
+                                                        for w in a.worlds})
+    result = {"settings": {"sampling": SAMPLING, "reinjections": SETTINGS,
+                           "training": {w: {"model": m, "clips": c}
+                                        for w, (m, c) in WORLD_RUNS.items()},
+                           "steps": a.steps, "pairs": a.pairs,
+                           "sampling_seeds": a.sampling_seeds},
+              "runs": [{"world": k[0], "setting": k[1], "arm": k[2], "train_seed": k[3],
+                        "sampling_seed": k[4]} for k in sorted(done)],
+              "table": rr.summary_table(done), "paired": paired, "per_pair": per_pair,
+              "mechanism": mech, "mechanism_paired": mech_paired,
+              "loss": rr.loss_summary(curves),
+              "loss_curves": [{"world": w, "seed": s, "arm": arm, "curve": c}
+                              for (w, s, arm), c in sorted(curves.items())]}
+    write_json(a.out / "results.json", result)
+    (a.out / "table.md").write_text(rr.markdown(result))
+    rr.plot_losses(curves, a.out / "loss.png")
+    if "ambiguous" in sets:
+        arms = {arm: results_folder(a.out, cell_name("ambiguous", a.seeds[0], arm),
+                                    "reinject-5", a.sampling_seeds[0]) for arm in ARMS}
+        rr.contact(arms, sets["ambiguous"], a.out / "contact_sheet.png")
+    return result
 
-    def gap(pair) -> float:
-        r = [load_record(folders[v], "gi", pair.id) for v in VARIANTS]
-        return abs(r[0]["trajectory_error"] - r[1]["trajectory_error"]) + 8 * abs(
-            r[0]["blended"] - r[1]["blended"])
 
-    try:
-        pair = max(bset.pairs, key=gap)
-    except OSError:
-        return None
-    rows = {"true": pair.true_clip() / 255.0}
-    rows.update({v: load_npz(video_path(folders[v], "gi", pair.id)) / 255.0 for v in VARIANTS})
-    sheet = contact_sheet([{k: np.asarray(v, np.float32) for k, v in rows.items()}])
-    PIL.Image.fromarray(sheet).save(path)
-    return pair.id
+def grid(a) -> list[tuple[str, int, str]]:
+    """(world, training seed, arm) of every cell, in the order they run."""
+    seeds = {"ambiguous": a.seeds, "toy": a.toy_seeds or a.seeds}
+    return [(w, s, arm) for w in a.worlds for s in seeds[w] for arm in ARMS]
+
+
+def run_cell(a, cfg: BackwardConfig, world: str, seed: int, arm: str) -> None:
+    name = cell_name(world, seed, arm)
+    tc = train_config(a.out, world, seed, arm, cfg)
+    weights = train_cell(tc)
+    loss_cell(a.out, world, tc, a.loss_clips, a.loss_every)
+    mechanism_cell(a.out, world, weights, name, a.pairs, a.sampling_seeds)
+    evaluate_cell(a.out, world, weights, name, a.pairs, a.sampling_seeds)
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    ints = lambda s: [int(v) for v in s.split(",")]  # noqa: E731
+    p.add_argument("--out", type=Path, default=Path("runs/rotation2"))
+    p.add_argument("--worlds", type=lambda s: s.split(","), default=list(WORLD_RUNS))
+    p.add_argument("--seeds", type=ints, default=[0, 1], help="training seeds")
+    p.add_argument("--toy-seeds", type=ints, default=None,
+                   help="training seeds on today's world (default: --seeds)")
+    p.add_argument("--sampling-seeds", type=ints, default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=BackwardConfig.steps)
+    p.add_argument("--checkpoint-every", type=int, default=BackwardConfig.checkpoint_every)
+    p.add_argument("--pairs", type=int, default=24, help="held-out pairs per world")
+    p.add_argument("--loss-clips", type=int, default=16, help="held-out clips of the loss")
+    p.add_argument("--loss-every", type=int, default=1, help="score every N-th checkpoint")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--report", action="store_true", help="only write the report of what is done")
+    p.add_argument("--publish", action="store_true",
+                   help="also write benchmarks/results/rotation.{md,json} and the PNGs in docs/")
+    a = p.parse_args(argv)
+    unknown = [w for w in a.worlds if w not in WORLD_RUNS]
+    if unknown:
+        p.error(f"unknown world {unknown[0]!r}; choose from {', '.join(WORLD_RUNS)}")
+    return a
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("runs/rotation"))
-    p.add_argument("--ambiguous-model", type=Path, default=Path("runs/ambiguous"),
-                   help="forward model of the ambiguous world (commands/toy_train --world "
-                        "ambiguous)")
-    p.add_argument("--toy-model", type=Path, default=BUNDLED_MODEL,
-                   help="forward model of today's world (default: the bundled toy model)")
-    p.add_argument("--sizes", default="25,100,400", help="training clips, ambiguous world")
-    p.add_argument("--toy-size", type=int, default=100, help="training clips, today's world")
-    p.add_argument("--seeds", default="0,1")
-    p.add_argument("--steps", type=int, default=BackwardConfig.steps)
-    p.add_argument("--pairs", type=int, default=24, help="held-out pairs per world")
-    p.add_argument("--threads", type=int, default=None)
-    a = p.parse_args(argv)
+    a = parse(argv)
     if a.threads:
         import torch
 
         torch.set_num_threads(a.threads)
-    cfg = replace(BackwardConfig(), steps=a.steps)
-    models = {"ambiguous": a.ambiguous_model, "toy": a.toy_model}
-    rows = []
-    grid = cells([int(v) for v in a.sizes.split(",")], [int(v) for v in a.seeds.split(",")],
-                 a.toy_size)
-    for i, (world, clips, seed, variant) in enumerate(grid):
-        name = cell_name(world, clips, seed, variant)
-        print(f"[{i + 1}/{len(grid)}] {name}", flush=True)
-        weights = train_cell(a.out, models[world], world, clips, seed, variant, cfg)
-        scores = evaluate_cell(a.out, models[world], weights, world, name, a.pairs)
-        rows.append({"world": world, "clips": clips, "seed": seed, "variant": variant,
-                     **{m: scores[m] for m in METRICS if m in scores}})
-        table = summarise(rows)
-        (a.out / "results.json").write_text(json.dumps({"cells": rows, "table": table},
-                                                       indent=1))
-        (a.out / "table.md").write_text(markdown(table))
-    biggest = max(int(v) for v in a.sizes.split(","))
-    shown = contact(a.out, "ambiguous", biggest, int(a.seeds.split(",")[0]),
-                    a.out / "contact_sheet.png")
-    if shown:
-        print(f"contact sheet of pair {shown}: {a.out / 'contact_sheet.png'}")
+    cfg = replace(BackwardConfig(), steps=a.steps, checkpoint_every=a.checkpoint_every)
+    cells = grid(a)
+    if not a.report:
+        for i, (world, seed, arm) in enumerate(cells):
+            print(f"[{i + 1}/{len(cells)}] {cell_name(world, seed, arm)}", flush=True)
+            run_cell(a, cfg, world, seed, arm)
+            report(a, cells)
+    result = report(a, cells)
+    if a.publish:
+        shutil.copyfile(a.out / "table.md", REPO / "benchmarks/results/rotation.md")
+        shutil.copyfile(a.out / "results.json", REPO / "benchmarks/results/rotation.json")
+        for src, dst in (("loss.png", "rotation-loss.png"),
+                         ("contact_sheet.png", "rotation-contact-sheet.png")):
+            if (a.out / src).is_file():
+                shutil.copyfile(a.out / src, REPO / "docs" / dst)
     print((a.out / "table.md").read_text())
+    print(json.dumps({"runs": len(result["runs"])}))
 
 
 if __name__ == "__main__":

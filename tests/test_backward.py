@@ -77,6 +77,36 @@ def test_file_round_trip_with_metadata(tmp_path):
         backward.save_backward_weights(path, params, overwrite=False)
 
 
+def test_the_variant_travels_in_the_file(tmp_path):
+    """rotation and no-rotation-vo hold the same tensors: the file's metadata names the variant,
+    and loading reads it; a file or dict that names none is taken by its tensor names."""
+    unet = tiny_unet()
+    params = backward.init_backward_weights(unet, "no-rotation-vo")
+    assert backward.loaded_variant(unet) == "no-rotation-vo"
+    assert list(params) == backward.backward_parameter_names(unet, "rotation")
+    vo = backward.save_backward_weights(tmp_path / "vo.safetensors", params,
+                                        variant="no-rotation-vo")
+    rot = backward.save_backward_weights(tmp_path / "rot.safetensors", params, variant="rotation")
+    for path, variant in ((vo, "no-rotation-vo"), (rot, "rotation")):
+        tensors, meta = backward.load_backward_weights_file(path)
+        assert meta["variant"] == variant
+        other = tiny_unet()
+        assert backward.set_backward_weights(other, tensors, meta["variant"]) == variant
+        assert backward.loaded_variant(other) == variant
+    # What names no variant (a dict, a file from before the metadata was read) goes by names.
+    assert backward.set_backward_weights(unet, {n: p.detach() for n, p in params.items()}) == (
+        "rotation")
+    backward.clear_backward_weights(unet)
+    assert backward.loaded_variant(unet) is None
+    # A variant that does not fit the tensors, or an unknown one, is refused.
+    with pytest.raises(InbetweeningError, match="missing"):
+        backward.set_backward_weights(unet, params, "no-rotation")
+    with pytest.raises(InbetweeningError, match="unknown variant"):
+        backward.set_backward_weights(unet, params, "sideways")
+    with pytest.raises(InbetweeningError, match="not no-rotation backward weights"):
+        backward.save_backward_weights(tmp_path / "x.safetensors", params, variant="no-rotation")
+
+
 def test_validation_says_exactly_what_does_not_fit():
     unet = tiny_unet()
     good = {n: p.detach() for n, p in backward.backward_parameters(unet).items()}

@@ -57,6 +57,29 @@ def test_no_rotation_backward_weights(tiny_pipe, keyframes):
     perturb_backward(tiny_pipe)
 
 
+def test_no_rotation_vo_backward_weights(tiny_pipe, keyframes, tmp_path):
+    """v, o backward weights without the rotated maps: the fused path equals the reference; the
+    video is neither the rotation variant's (same tensors, rotated maps) nor the base model's
+    (trf); saved and loaded again, it is still that variant."""
+    from inbetweening import backward
+
+    weights = {n: p.detach().clone()
+               for n, p in backward.backward_parameters(tiny_pipe.unet).items()}
+    rotation = _run(tiny_pipe, keyframes, method="gi", max_guidance_scale=3.0)
+    assert tiny_pipe.load_backward_weights(weights, variant="no-rotation-vo") == "no-rotation-vo"
+    fused = _run(tiny_pipe, keyframes, method="gi", max_guidance_scale=3.0)
+    ref = _run(tiny_pipe, keyframes, method="gi", dual_pass="reference", max_guidance_scale=3.0)
+    assert (fused - ref).abs().max().item() <= 1e-4
+    assert (fused - rotation).abs().max().item() > 1e-3
+    trf = _run(tiny_pipe, keyframes, method="trf-avg", max_guidance_scale=3.0)
+    assert (fused - trf).abs().max().item() > 1e-3
+    path = tiny_pipe.save_backward_weights(tmp_path / "vo.safetensors")
+    tiny_pipe.load_backward_weights(weights)  # a dict names no variant: rotation, by its names
+    assert backward.loaded_variant(tiny_pipe.unet) == "rotation"
+    assert tiny_pipe.load_backward_weights(path) == "no-rotation-vo"
+    assert torch.equal(_run(tiny_pipe, keyframes, method="gi", max_guidance_scale=3.0), fused)
+
+
 def test_same_seed_same_video_bitwise(tiny_pipe, keyframes):
     a = _run(tiny_pipe, keyframes, seed=11)
     b = _run(tiny_pipe, keyframes, seed=11)

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from inbetweening.toy import world
 from inbetweening.toy.tracker import (
-    direction_consistency, endpoint_psnr, track, track_metrics, trajectory_error,
+    direction_consistency, endpoint_psnr, speed_along_heading, track, track_metrics,
+    trajectory_error,
 )
 from inbetweening.utils import InbetweeningError
 
@@ -58,6 +59,33 @@ def test_reversed_clips_go_the_wrong_way():
         assert trajectory_error(tracks.positions, centers[:, ::-1]) < 0.3
         # ... but every step goes tail first.
         assert direction_consistency(tracks.positions, headings) == 0.0
+
+
+def test_speed_along_heading_of_tracked_clips_and_speed_classes():
+    """Tracked true clips of the ambiguous world give each vehicle its true speed, and the
+    world's speed split puts it in its true class; reversed, the speed is negative; a vehicle
+    lost in all but one step has no speed."""
+    ambiguous = world.WORLDS["ambiguous"]
+    split = ambiguous.speed_split()
+    assert 1.25 * 1.1 < split < 4.0 * 0.9
+    assert world.WORLDS["toy"].speed_split() == pytest.approx((2.0 * 3.5) ** 0.5)
+    classes = set()
+    for i in range(6):
+        clip = world.make_clip(world.HELD_OUT_SEED, i, ambiguous, stay_in_view=True)
+        colors, centers, headings = truth(clip)
+        speeds = clip.speeds[0].numpy()[clip.present[0].numpy()]
+        tracks = track(as_uint8(clip.video[0]), colors, centers[:, 0])
+        for s in range(len(colors)):
+            got = speed_along_heading(tracks.positions[s], headings[s], tracks.found[s])
+            assert got == pytest.approx(speeds[s], abs=0.1)
+            assert (got >= split) == (speeds[s] >= split)
+            classes.add(bool(got >= split))
+            back = speed_along_heading(tracks.positions[s][::-1], headings[s])
+            assert back == pytest.approx(-got)
+    assert classes == {True, False}  # both classes met
+    found = np.zeros(len(tracks.positions[0]), dtype=bool)
+    found[:2] = True
+    assert speed_along_heading(tracks.positions[0], headings[0], found) is None
 
 
 def test_still_video_does_not_move():

@@ -138,16 +138,9 @@ def test_every_training_pass_follows_alg1_literally():
         b.abs().max() for b in want)
 
 
-def test_no_rotation_variant_trains_qkvo_and_uses_no_maps():
-    """w/o RA: to_q, to_k, to_v, to_out.0 train, and the backward branch is simply the UNet with
-    those weights swapped in (no forward branch at all)."""
-    unet = fresh_pipe().unet
-    weights = perturbed_weights(unet, "no-rotation")
-    assert {n.rsplit("attn1.", 1)[1] for n in weights} == {
-        "to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight"}
-    batch = random_batch()
-    got = gradients(unet, weights, "no-rotation", "split", batch)
-    # Oracle: the plain UNet with the backward weights substituted, on the reversed clip.
+def plain_unet_gradients(unet, weights, batch) -> list[torch.Tensor]:
+    """Oracle of the variants without maps: the gradients of the loss of the plain UNet with
+    the backward weights substituted, on the reversed clip (no forward branch at all)."""
     for p in weights.values():
         p.grad = None
     s = batch["sigma"].view(-1, 1, 1, 1, 1)
@@ -161,12 +154,47 @@ def test_no_rotation_variant_trains_qkvo_and_uses_no_maps():
                            batch["lat_last"], torch.tensor([[6, 127, 0.02]]))
     per = ((d - target) ** 2).mean(dim=(1, 2, 3, 4))
     (per * (1 + batch["sigma"] ** 2) / batch["sigma"] ** 2).mean().backward()
-    want = [p.grad.clone() for p in weights.values()]
+    return [p.grad.clone() for p in weights.values()]
+
+
+def test_no_rotation_variant_trains_qkvo_and_uses_no_maps():
+    """w/o RA: to_q, to_k, to_v, to_out.0 train, and the backward branch is simply the UNet with
+    those weights swapped in (no forward branch at all)."""
+    unet = fresh_pipe().unet
+    weights = perturbed_weights(unet, "no-rotation")
+    assert {n.rsplit("attn1.", 1)[1] for n in weights} == {
+        "to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight"}
+    batch = random_batch()
+    got = gradients(unet, weights, "no-rotation", "split", batch)
+    want = plain_unet_gradients(unet, weights, batch)
     assert_close_rel(got, want)
     assert_close_rel(gradients(unet, weights, "no-rotation", "fused", batch), want)
     # The forward branch plays no part.
     other = dict(batch, emb_first=batch["emb_first"] + 1.0, lat_first=batch["lat_first"] * 0)
     assert_close_rel(gradients(unet, weights, "no-rotation", "split", other), want)
+
+
+def test_no_rotation_vo_variant_trains_v_and_o_without_maps():
+    """no-rotation-vo: the parameters of ``rotation`` (to_v, to_out.0), but the backward branch
+    is the plain UNet with them swapped in (base q, k of its own input, no forward branch); its
+    plan never rotates."""
+    unet = fresh_pipe().unet
+    plans = layer_plans("gi", unet, "no-rotation-vo").values()
+    assert plans and not any(p.rotate for p in plans)
+    assert all(p.backward_weights for p in plans)
+    weights = perturbed_weights(unet, "no-rotation-vo")
+    assert backward.loaded_variant(unet) == "no-rotation-vo"
+    assert list(weights) == backward.backward_parameter_names(unet, "rotation")
+    batch = random_batch()
+    got = gradients(unet, weights, "no-rotation-vo", "split", batch)
+    want = plain_unet_gradients(unet, weights, batch)
+    assert_close_rel(got, want)
+    for dual_pass in ("fused", "reference"):
+        assert_close_rel(gradients(unet, weights, "no-rotation-vo", dual_pass, batch), want)
+    # Not the rotation variant's gradients (the same tensors, used with the rotated maps).
+    rotated = gradients(unet, weights, "rotation", "split", batch)
+    assert max((a - b).abs().max() for a, b in zip(rotated, want)) > 1e-3 * max(
+        b.abs().max() for b in want)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
@@ -559,6 +587,28 @@ def test_command_writes_weights_checkpoints_log_and_samples_that_interpolate_loa
                      str(out / "backward.safetensors"), "--steps", "1", "--seed", "0",
                      "-o", str(video_out)]) == 0
     assert video_out.is_file()
+
+
+def test_no_rotation_vo_run_saves_its_variant_and_resumes_only_as_itself(
+        clips_dir, tmp_path, tiny_model_dir, capsys):
+    """`inbetween train --variant no-rotation-vo` writes a file that loads back as that variant
+    (its tensors are those of `rotation`: only the metadata tells them apart), and its
+    checkpoints do not resume as another variant."""
+    model = str(tiny_model_dir / "model")
+    out = tmp_path / "run"
+    args = ["train", "--model", model, "--data", str(clips_dir), "-o", str(out), "--stride", "1",
+            "--steps", "2", "--checkpoint-every", "1", "--sample-every", "0", "--device", "cpu",
+            "--no-progress"]
+    assert cli.main(args + ["--variant", "no-rotation-vo"]) == 0
+    tensors, meta = backward.load_backward_weights_file(out / "backward.safetensors")
+    assert meta["variant"] == "no-rotation-vo"
+    pipe = fresh_pipe()
+    assert sorted(tensors) == sorted(backward.backward_parameter_names(pipe.unet, "rotation"))
+    assert pipe.load_backward_weights(out / "backward.safetensors") == "no-rotation-vo"
+    assert backward.loaded_variant(pipe.unet) == "no-rotation-vo"
+    capsys.readouterr()
+    assert cli.main(args + ["--variant", "rotation", "--resume", "--steps", "3"]) == 2
+    assert "another model or variant" in capsys.readouterr().err
 
 
 def test_the_command_offers_the_backward_variants():

@@ -77,6 +77,9 @@ class TemporalAttentionProcessor:
     ``weights`` holds the layer's backward tensors by their name relative to the layer
     (``"to_v.weight"``, ``"to_out.0.weight"``, and for the no-rotation variant also
     ``"to_q.weight"``, ``"to_k.weight"``); anything absent falls back to the base weights.
+    ``variant`` names the backward-weights variant they are (:data:`inbetweening.backward.VARIANTS`;
+    set with them by :func:`inbetweening.backward.set_backward_weights`): two variants may hold
+    the same tensors and differ only in how they were trained.
     """
 
     def __init__(self, name: str, flip_frames=backbones.SVD.flip_frames):
@@ -85,6 +88,7 @@ class TemporalAttentionProcessor:
         self.phase = "plain"
         self.plan = LayerPlan(rotate=False, backward_weights=False)
         self.weights: dict[str, torch.Tensor] = {}
+        self.variant: str | None = None
         self.maps: torch.Tensor | None = None  # recorded softmax maps (reference path)
         self.qk: tuple[torch.Tensor, torch.Tensor] | None = None  # flipped forward Q, K
 

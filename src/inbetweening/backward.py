@@ -1,10 +1,21 @@
 """Backward weights: the small set of tensors that turns a forward SVD into a backward one.
 
 The backward model differs from the forward one only in the value and output projections of the
-temporal self-attention layers (``to_v`` and ``to_out.0`` weights: 1.63 % of SVD-XT); the
-``no-rotation`` ablation also retrains ``to_q`` and ``to_k``. They live on the layers' attention
-processors (one UNet in memory) and travel as a safetensors file holding only those tensors,
-keyed by their names in the UNet, with metadata.
+temporal self-attention layers (``to_v`` and ``to_out.0`` weights: 1.63 % of SVD-XT). The
+variants (:data:`VARIANTS`):
+
+``rotation``        the paper: to_v / to_out.0, trained and used with the forward model's
+                    attention maps rotated by 180 degrees;
+``no-rotation``     the paper's "w/o RA" ablation: to_q, to_k, to_v, to_out.0, trained and used
+                    without the maps (the backward rows attend with their own q, k);
+``no-rotation-vo``  to_v / to_out.0 only (the parameters of ``rotation``), without the maps (the
+                    base q, k of the backward rows' own input): separates the rotation from the
+                    capacity ``no-rotation`` adds.
+
+They live on the layers' attention processors (one UNet in memory) and travel as a safetensors
+file holding only those tensors, keyed by their names in the UNet, with metadata that names the
+variant (``rotation`` and ``no-rotation-vo`` hold the same tensors; a file without the entry, or
+a dict of tensors, is taken as ``no-rotation`` if it holds to_q, else ``rotation``).
 """
 
 from __future__ import annotations
@@ -23,13 +34,21 @@ from .locate import WEIGHTS_FILENAME  # noqa: F401 (the file name, with the torc
 from .utils import InbetweeningError, atomic_path, check_target
 
 FORMAT = "inbetweening-backward-weights"
-VARIANTS = {"rotation": ROTATION_TENSORS, "no-rotation": NO_ROTATION_TENSORS}
+VARIANTS = {"rotation": ROTATION_TENSORS, "no-rotation": NO_ROTATION_TENSORS,
+            "no-rotation-vo": ROTATION_TENSORS}
+_ALL_TENSORS = tuple(dict.fromkeys(r for rel in VARIANTS.values() for r in rel))
 
 
 def _check_variant(variant: str) -> tuple[str, ...]:
     if variant not in VARIANTS:
         raise InbetweeningError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     return VARIANTS[variant]
+
+
+def variant_of_names(names) -> str:
+    """The variant of backward tensors that do not say theirs (a dict, an old file): the tensor
+    names tell ``no-rotation`` (to_q present) from the rest, taken as ``rotation``."""
+    return "no-rotation" if any(n.endswith(".to_q.weight") for n in names) else "rotation"
 
 
 def backward_parameter_names(unet, variant: str = "rotation") -> list[str]:
@@ -40,11 +59,10 @@ def backward_parameter_names(unet, variant: str = "rotation") -> list[str]:
 
 def loaded_variant(unet) -> str | None:
     """The variant of the backward weights loaded on ``unet``, or None."""
-    procs = installed(unet)
-    keys = {k for p in procs.values() for k in p.weights}
-    if not keys:
+    loaded = [p for p in installed(unet).values() if p.weights]
+    if not loaded:
         return None
-    return "no-rotation" if "to_q.weight" in keys else "rotation"
+    return loaded[0].variant or variant_of_names(loaded[0].weights)
 
 
 def backward_parameters(unet, variant: str | None = None) -> dict[str, torch.Tensor]:
@@ -69,16 +87,18 @@ def init_backward_weights(unet, variant: str = "rotation", dtype=torch.float32,
     own = dict(unwrap(unet).named_parameters())
     params = {n: torch.nn.Parameter(own[n].detach().to(dtype).clone(), requires_grad=requires_grad)
               for n in backward_parameter_names(unet, variant)}
-    set_backward_weights(unet, params)
+    set_backward_weights(unet, params, variant)
     return params
 
 
-def validate(unet, tensors: dict[str, torch.Tensor]) -> str:
-    """Check that ``tensors`` are backward weights for ``unet``; return their variant.
+def validate(unet, tensors: dict[str, torch.Tensor], variant: str | None = None) -> str:
+    """Check that ``tensors`` are backward weights of ``variant`` (None: as their names tell,
+    :func:`variant_of_names`) for ``unet``; return the variant.
 
     Raises InbetweeningError naming exactly what is missing, unexpected or of the wrong shape.
     """
-    variant = "no-rotation" if any(n.endswith(".to_q.weight") for n in tensors) else "rotation"
+    variant = variant or variant_of_names(tensors)
+    _check_variant(variant)
     expected = backward_parameter_names(unet, variant)
     own = dict(unwrap(unet).named_parameters())
     missing = [n for n in expected if n not in tensors]
@@ -108,34 +128,45 @@ def validate(unet, tensors: dict[str, torch.Tensor]) -> str:
     return variant
 
 
-def set_backward_weights(unet, tensors: dict[str, torch.Tensor]) -> str:
-    """Validate and load backward weights onto ``unet``'s temporal attention processors
-    (installing them if needed). The tensors are used as given (not copied), so parameters
-    being trained stay the ones the processors use. Returns the variant."""
-    variant = validate(unet, tensors)
+def set_backward_weights(unet, tensors: dict[str, torch.Tensor],
+                         variant: str | None = None) -> str:
+    """Validate and load backward weights of ``variant`` (None: as their names tell) onto
+    ``unet``'s temporal attention processors (installing them if needed). The tensors are used
+    as given (not copied), so parameters being trained stay the ones the processors use.
+    Returns the variant."""
+    variant = validate(unet, tensors, variant)
     procs = install(unet)
     for layer, proc in procs.items():
         proc.weights = {r: tensors[f"{layer}.{r}"] for r in VARIANTS[variant]}
+        proc.variant = variant
     return variant
 
 
 def clear_backward_weights(unet) -> None:
     for proc in installed(unet).values():
-        proc.weights = {}
+        proc.weights, proc.variant = {}, None
 
 
 def save_backward_weights(path: str | os.PathLike, tensors: dict[str, torch.Tensor], *,
-                          metadata: dict[str, str] | None = None, dtype=None,
-                          overwrite: bool = True, inputs=()) -> Path:
-    """Write backward weights as safetensors (only those tensors), atomically; ``inputs``: what
-    the file must never replace (see :func:`utils.check_target`)."""
+                          variant: str | None = None, metadata: dict[str, str] | None = None,
+                          dtype=None, overwrite: bool = True, inputs=()) -> Path:
+    """Write backward weights of ``variant`` as safetensors (only those tensors), atomically,
+    with the variant in the metadata; ``inputs``: what the file must never replace (see
+    :func:`utils.check_target`). ``variant`` None: ``metadata``'s, else as the tensor names tell
+    (:func:`variant_of_names`)."""
     names = list(tensors)
-    variant = "no-rotation" if any(n.endswith(".to_q.weight") for n in names) else "rotation"
+    variant = variant or (metadata or {}).get("variant") or variant_of_names(names)
+    wanted = set(_check_variant(variant))
+    kinds = {next((r for r in _ALL_TENSORS if n.endswith("." + r)), n) for n in names}
+    if kinds != wanted:
+        raise InbetweeningError(f"these are not {variant} backward weights (that variant holds "
+                                f"{', '.join(sorted(wanted))} of every layer)")
     out = {n: t.detach().to("cpu", dtype or t.dtype).contiguous() for n, t in tensors.items()}
-    meta = {"format": FORMAT, "version": "1", "variant": variant,
+    meta = {"format": FORMAT, "version": "1",
             "dtype": str(next(iter(out.values())).dtype).removeprefix("torch."),
             "layers": str(len({n.rsplit(".to_", 1)[0] for n in names}))}
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
+    meta["variant"] = variant
     path = Path(path)
     with atomic_path(path, overwrite=overwrite, inputs=inputs) as tmp:
         save_file(out, str(tmp), metadata=meta)

@@ -168,9 +168,11 @@ class ModelFolder:
         (folder / f"{PIPELINE_MODULE}.py").write_text(PIPELINE_MODULE_TEXT)
         finish_model_index(folder, type(self).__name__)
 
-    def load_backward_weights(self, path_or_dict: str | os.PathLike | dict) -> str:
+    def load_backward_weights(self, path_or_dict: str | os.PathLike | dict,
+                              variant: str | None = None) -> str:
         """Load backward weights (a backward-weights file, a hub id, or a dict keyed exactly as
-        :func:`inbetweening.backward_parameters` names them). Returns the variant."""
+        :func:`inbetweening.backward_parameters` names them) of ``variant`` (None: the one the
+        file's metadata names, else as the tensor names tell). Returns the variant."""
         if isinstance(path_or_dict, dict):
             tensors, meta = path_or_dict, {}
         else:
@@ -178,7 +180,8 @@ class ModelFolder:
 
             tensors, meta = backward.load_backward_weights_file(resolve_backward(path_or_dict))
         tensors = {k: v.to(self.unet.device, self.unet.dtype) for k, v in tensors.items()}
-        variant = backward.set_backward_weights(attention.unwrap(self.unet), tensors)
+        variant = backward.set_backward_weights(attention.unwrap(self.unet), tensors,
+                                                variant or meta.get("variant"))
         self.backward_metadata = dict(meta)
         return variant
 
@@ -190,4 +193,5 @@ class ModelFolder:
             raise InbetweeningError("no backward weights are loaded")
         tensors = backward.backward_parameters(unet)
         meta = {"num_frames": unet.config.num_frames, **self.backward_metadata, **metadata}
-        return backward.save_backward_weights(path, tensors, metadata=meta, overwrite=overwrite)
+        return backward.save_backward_weights(path, tensors, variant=backward.loaded_variant(unet),
+                                              metadata=meta, overwrite=overwrite)

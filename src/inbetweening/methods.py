@@ -181,7 +181,8 @@ def layer_plans(name: str, model, backward_variant: str | None) -> dict[str, Lay
     backbone's, see :mod:`inbetweening.backbones`) for the method ``name``.
 
     ``backward_variant`` is the variant of the loaded backward weights (``"rotation"``,
-    ``"no-rotation"``) or None when none are loaded.
+    ``"no-rotation"``, ``"no-rotation-vo"``) or None when none are loaded; only ``rotation``
+    attends with the rotated maps.
     """
     from .attention import LayerPlan, controlled_layers, unwrap
     from .backbones import for_model

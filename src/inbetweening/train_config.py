@@ -16,7 +16,8 @@ from .options import (
 from .utils import InbetweeningError
 
 DUAL_PASSES = ("split", "fused", "reference")  # see inbetweening.training's docstring
-VARIANTS = ("rotation", "no-rotation")  # the keys of backward.VARIANTS (a test holds them equal)
+# the keys of backward.VARIANTS (a test holds them equal)
+VARIANTS = ("rotation", "no-rotation", "no-rotation-vo")
 COND_AUGS = ("pixel", "latent")
 CLIPS = ("random", "fixed")
 PRECISIONS = ("no", "fp16", "bf16")
@@ -52,8 +53,9 @@ class TrainConfig:
     model: str | None = field(default=None, metadata=_opt(
         "base: diffusers SVD folder or hub id (default: the bundled toy model)"))
     variant: str = field(default="rotation", metadata=_opt(
-        "rotation (the paper) or no-rotation (its 'w/o RA' ablation: q, k, v, o trained, no "
-        "maps)", choices=VARIANTS))
+        "rotation (the paper: v, o trained with the forward model's rotated maps), no-rotation "
+        "(its 'w/o RA' ablation: q, k, v, o trained, no maps) or no-rotation-vo (v, o trained, "
+        "no maps)", choices=VARIANTS))
     # data
     frames: int | None = field(default=None, metadata=_opt(
         "frames per clip (default: the model's)", range=FRAMES_RANGE, group="data"))

@@ -20,7 +20,8 @@ One optimizer step, for clips x (B, F, 3, H, W) in [-1, 1]:
    sigma * n.flip, conditioned on the clip's LAST frame.
 3. The UNet denoises the backward branch (EDM preconditioning of SVD's v-prediction); in every
    temporal self-attention layer it attends with the forward branch's map rotated by 180 degrees
-   (variant ``rotation``; ``no-rotation`` uses its own q, k and no map).
+   (variant ``rotation``; ``no-rotation`` and ``no-rotation-vo`` use the q, k of their own
+   input and no map: trained q, k for ``no-rotation``, the base ones for ``no-rotation-vo``).
 4. loss = (1 + sigma^2) / sigma^2 * |D_backward - z.flip|^2, and AdamW on the backward weights
    only (``backward.init_backward_weights``: to_v / to_out.0 of those layers, fp32).
 
@@ -639,7 +640,8 @@ def _resume(run: _Run, path: Path, state: dict) -> None:
     """Continue ``run`` from the checkpoint ``path`` (``state``: as read_checkpoint read it):
     weights, optimizer, schedule, random state and the position in the data."""
     cfg, batches = run.cfg, run.batches
-    if list(state["weights"]) != run.objective.names:
+    if (list(state["weights"]) != run.objective.names
+            or state.get("config", {}).get("variant", cfg.variant) != cfg.variant):
         raise InbetweeningError(f"{path} holds weights of another model or variant")
     with torch.no_grad():
         for p, t in zip(run.params, state["weights"].values()):

@@ -139,6 +139,18 @@ def direction_consistency(positions, headings, present=None, *, min_step: float 
     return float(forward.mean())
 
 
+def speed_along_heading(positions, heading: float, found=None, min_steps: int = 2
+                        ) -> float | None:
+    """Mean frame-to-frame displacement (pixels per frame) of one sprite's ``positions`` (F, 2)
+    along ``heading``, over the steps where it was ``found`` (F,) at both ends; None when fewer
+    than ``min_steps`` such steps remain."""
+    pos = np.asarray(positions, dtype=np.float64)
+    seen = np.ones(len(pos), dtype=bool) if found is None else np.asarray(found, dtype=bool)
+    steps = np.diff(pos, axis=0) @ np.array([math.cos(heading), math.sin(heading)])
+    ok = seen[1:] & seen[:-1]
+    return float(steps[ok].mean()) if ok.sum() >= min_steps else None
+
+
 def endpoint_psnr(video, start_key, end_key) -> float:
     """Mean PSNR (dB) of the video's first frame to ``start_key`` and its last to ``end_key``
     (images as (H, W, 3) or (3, H, W), uint8 or float)."""

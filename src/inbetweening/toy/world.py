@@ -57,6 +57,12 @@ class WorldConfig:
         return (min(self.speed_modes) * (1 - self.speed_jitter),
                 max(self.speed_modes) * (1 + self.speed_jitter))
 
+    def speed_split(self) -> float:
+        """The speed that parts slow vehicles from fast ones: the geometric mean of the slowest
+        and the fastest speed mode (of the speed range in a world without modes)."""
+        modes = self.speed_modes or (self.min_speed, self.max_speed)
+        return math.sqrt(min(modes) * max(modes))
+
 
 WORLDS = {
     "toy": WorldConfig(),
