@@ -113,3 +113,19 @@ def toy_keyframe_files(tmp_path_factory):
     PIL.Image.fromarray(video[0]).save(paths[0])
     PIL.Image.fromarray(video[-1]).save(paths[1])
     return paths
+
+
+@pytest.fixture
+def memory_settings_applied(monkeypatch) -> list:
+    """The names of the memory settings that loading.apply_memory puts pipelines in while the
+    test runs (it still applies them)."""
+    from inbetweening import loading
+
+    applied, real = [], loading.apply_memory
+
+    def spy(pipe, name, device):
+        applied.append(name)
+        return real(pipe, name, device)
+
+    monkeypatch.setattr(loading, "apply_memory", spy)
+    return applied

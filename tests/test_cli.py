@@ -77,15 +77,11 @@ def test_compile_sampler_and_peer_method_options(files, model_args, tmp_path, mo
         assert abs(videos["plain"] - videos[name]).max() > 1, name
 
 
-def test_memory_setting_reaches_the_pipeline(files, model_args, tmp_path, monkeypatch):
+def test_memory_setting_reaches_the_pipeline(files, model_args, tmp_path,
+                                             memory_settings_applied):
     """--memory lowest puts the loaded pipeline in that setting; its video is the default's
     decoded in the same chunks (the tiny model's temporal decoder mixes the frames of a chunk)."""
-    from inbetweening import loading
-
-    applied = []
-    real = loading.apply_memory
-    monkeypatch.setattr(loading, "apply_memory",
-                        lambda pipe, name, device: applied.append(name) or real(pipe, name, device))
+    applied = memory_settings_applied
     videos = {}
     for name, extra in [("low", ["--memory", "lowest"]), ("default", ["--decode-chunk", "2"])]:
         out = tmp_path / name

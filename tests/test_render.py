@@ -312,13 +312,10 @@ def test_outputs_made_otherwise_are_kept_unless_overwrite(scene, model_args, tmp
     assert "does not hold a render" in capsys.readouterr().err
 
 
-def test_the_memory_setting_reaches_the_pipeline(scene, model_args, tmp_path, monkeypatch):
+def test_the_memory_setting_reaches_the_pipeline(scene, model_args, tmp_path,
+                                                 memory_settings_applied):
     """``--memory`` (the model options every command shares) puts render's pipeline in it."""
-    from inbetweening import loading
-
-    applied, real = [], loading.apply_memory
-    monkeypatch.setattr(loading, "apply_memory",
-                        lambda pipe, name, device: applied.append(name) or real(pipe, name, device))
+    applied = memory_settings_applied
     assert cli.main(["render", str(scene / "shots.csv"), "-o", str(tmp_path / "out"),
                      *model_args, "--memory", "low"]) == 0
     assert applied == ["low"]
