@@ -49,7 +49,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from inbetweening import attention, backward, footprint
 from inbetweening.memory import MEMORY_PRESETS, set_forward_chunking, set_offload
-from inbetweening.methods import METHODS, layer_plans
+from inbetweening.methods import METHOD_RECORDS, METHODS, layer_plans
 from inbetweening.options import RECIPES, SamplingOptions
 
 GIB = 2**30
@@ -85,6 +85,7 @@ CPU_ROWS = {
     "unet-fused-b1": dict(kind="unet", method="gi", max_rows=1),
 }
 META = torch.device("meta")
+OWN = "own settings"  # the recipe column of a method recipes do not apply to
 # The counted pieces of a video besides its UNet calls.
 DECODE, VAE_ENCODE = "VAE decode (25 frames at 1024x576)", "VAE encode (1 keyframe at 1024x576)"
 CLIP_ENCODE = "CLIP encode (1 keyframe, at 224x224)"
@@ -179,7 +180,8 @@ def unet_call(unet, phase: str, rows: int, method: str, frames: int, latent_hw, 
 
 def call_records() -> dict:
     """(recipe, method) -> the footprint.CallRecord of one video, through the pipeline on the
-    tiny untrained model (the calls a video makes do not depend on the model's size)."""
+    tiny untrained model (the calls a video makes do not depend on the model's size); a method
+    that recipes do not apply to once, under the recipe name OWN (its own settings)."""
     from inbetweening.loading import tiny_random_components
     from inbetweening.pipeline import InbetweenPipeline
 
@@ -188,13 +190,13 @@ def call_records() -> dict:
     pipe.set_progress_bar_config(disable=True)
     keyframes = torch.rand(3, 64, 64), torch.rand(3, 64, 64)
     out = {}
-    for recipe in RECIPES:
-        for method in METHODS:
+    for method in METHODS:  # recipes apply to the tunable methods; the others run their own
+        for recipe in RECIPES if METHOD_RECORDS[method].tunable else (None,):
             kw = SamplingOptions(recipe=recipe, method=method, frames=3).call_kwargs()
             with footprint.record_calls(pipe) as record:
                 pipe(*keyframes, output_type="latent", generator=torch.Generator().manual_seed(0),
                      **kw)
-            out[recipe, method] = (record, pipe.num_predictions)
+            out[recipe or OWN, method] = (record, pipe.num_predictions)
     return out
 
 
