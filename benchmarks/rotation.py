@@ -113,8 +113,9 @@ def results_folder(out: Path, name: str, setting: str, seed: int) -> Path:
 
 
 def evaluate_cell(out: Path, world: str, weights: Path, name: str, pairs: int,
-                  seeds: list[int]) -> None:
-    for setting, count in SETTINGS.items():
+                  seeds: list[int], settings=tuple(SETTINGS)) -> None:
+    for setting in settings:
+        count = SETTINGS[setting]
         for seed in seeds:
             evaluate(held_out_set(out, world, pairs), "gi",
                      results_folder(out, name, setting, seed), model=str(model_path(world)),
@@ -212,7 +213,7 @@ def run_cell(a, cfg: BackwardConfig, world: str, seed: int, arm: str) -> None:
     weights = train_cell(tc)
     loss_cell(a.out, world, tc, a.loss_clips, a.loss_every)
     mechanism_cell(a.out, world, weights, name, a.pairs, a.sampling_seeds)
-    evaluate_cell(a.out, world, weights, name, a.pairs, a.sampling_seeds)
+    evaluate_cell(a.out, world, weights, name, a.pairs, a.sampling_seeds, a.settings)
 
 
 def parse(argv=None):
@@ -228,6 +229,9 @@ def parse(argv=None):
     p.add_argument("--steps", type=int, default=BackwardConfig.steps)
     p.add_argument("--checkpoint-every", type=int, default=BackwardConfig.checkpoint_every)
     p.add_argument("--pairs", type=int, default=24, help="held-out pairs per world")
+    p.add_argument("--settings", type=lambda s: s.split(","), default=list(SETTINGS),
+                   help=f"the evaluation settings to run ({', '.join(SETTINGS)}); a report "
+                   "shows every one that has run")
     p.add_argument("--loss-clips", type=int, default=16, help="held-out clips of the loss")
     p.add_argument("--loss-every", type=int, default=1, help="score every N-th checkpoint")
     p.add_argument("--threads", type=int, default=None)
@@ -235,9 +239,10 @@ def parse(argv=None):
     p.add_argument("--publish", action="store_true",
                    help="also write benchmarks/results/rotation.{md,json} and the PNGs in docs/")
     a = p.parse_args(argv)
-    unknown = [w for w in a.worlds if w not in WORLD_RUNS]
-    if unknown:
-        p.error(f"unknown world {unknown[0]!r}; choose from {', '.join(WORLD_RUNS)}")
+    for given, known, what in ((a.worlds, WORLD_RUNS, "world"), (a.settings, SETTINGS, "setting")):
+        unknown = [w for w in given if w not in known]
+        if unknown:
+            p.error(f"unknown {what} {unknown[0]!r}; choose from {', '.join(known)}")
     return a
 
 
