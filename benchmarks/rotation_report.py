@@ -242,8 +242,8 @@ def _md_table(table: list[dict]) -> str:
                  for m, (_, _, d) in METRICS.items()]
         lines.append(f"| {r['world']} | {r['setting']} | `{r['arm']}` | {r['runs']} | "
                      + " | ".join(cells) + " |")
-    return ("### Per arm\n\nmean over runs (2 training seeds x 3 sampling seeds; a run: the mean "
-            "over the held-out pairs) ± their standard deviation\n\n" + head + "\n".join(lines)
+    return ("### Per arm\n\nmean over runs (training seeds x sampling seeds, the count in "
+            "`runs`; a run: the mean over the held-out pairs) ± their standard deviation\n\n" + head + "\n".join(lines)
             + "\n")
 
 
