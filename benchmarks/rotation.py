@@ -204,7 +204,7 @@ def report(a, cells: list[tuple[str, int, str]]) -> dict:
 def grid(a) -> list[tuple[str, int, str]]:
     """(world, training seed, arm) of every cell, in the order they run."""
     seeds = {"ambiguous": a.seeds, "toy": a.toy_seeds or a.seeds}
-    return [(w, s, arm) for w in a.worlds for s in seeds[w] for arm in ARMS]
+    return [(w, s, arm) for w in a.worlds for s in seeds[w] for arm in ARMS if arm in a.arms]
 
 
 def run_cell(a, cfg: BackwardConfig, world: str, seed: int, arm: str) -> None:
@@ -223,6 +223,8 @@ def parse(argv=None):
     p.add_argument("--out", type=Path, default=Path("runs/rotation2"))
     p.add_argument("--worlds", type=lambda s: s.split(","), default=list(WORLD_RUNS))
     p.add_argument("--seeds", type=ints, default=[0, 1], help="training seeds")
+    p.add_argument("--arms", type=lambda s: s.split(","), default=list(ARMS),
+                   help="the arms to run (two processes can run different arms)")
     p.add_argument("--toy-seeds", type=ints, default=None,
                    help="training seeds on today's world (default: --seeds)")
     p.add_argument("--sampling-seeds", type=ints, default=[0, 1, 2])
@@ -239,7 +241,8 @@ def parse(argv=None):
     p.add_argument("--publish", action="store_true",
                    help="also write benchmarks/results/rotation.{md,json} and the PNGs in docs/")
     a = p.parse_args(argv)
-    for given, known, what in ((a.worlds, WORLD_RUNS, "world"), (a.settings, SETTINGS, "setting")):
+    for given, known, what in ((a.worlds, WORLD_RUNS, "world"), (a.settings, SETTINGS, "setting"),
+                               (a.arms, ARMS, "arm")):
         unknown = [w for w in given if w not in known]
         if unknown:
             p.error(f"unknown {what} {unknown[0]!r}; choose from {', '.join(known)}")
