@@ -690,6 +690,8 @@ def checks_md(state: dict) -> list[str]:
                          f"{r['rss_peak_gib']:.2f} | {r['rss_peak_gib'] - r['rss_base_gib']:.2f} "
                          f"| {r['allocated_gib']:.2f} | {r['counted_gib']:.2f} | {eq} |")
         lines.append("")
+        lines += [f"- {name}: {r['note']}" for name, r in rows.items() if r.get("note")]
+        lines.append("")
     return lines
 
 
