@@ -60,9 +60,7 @@ def backward_parameter_names(unet, variant: str = "rotation") -> list[str]:
 def loaded_variant(unet) -> str | None:
     """The variant of the backward weights loaded on ``unet``, or None."""
     loaded = [p for p in installed(unet).values() if p.weights]
-    if not loaded:
-        return None
-    return loaded[0].variant or variant_of_names(loaded[0].weights)
+    return loaded[0].variant if loaded else None
 
 
 def backward_parameters(unet, variant: str | None = None) -> dict[str, torch.Tensor]:
@@ -98,8 +96,7 @@ def validate(unet, tensors: dict[str, torch.Tensor], variant: str | None = None)
     Raises InbetweeningError naming exactly what is missing, unexpected or of the wrong shape.
     """
     variant = variant or variant_of_names(tensors)
-    _check_variant(variant)
-    expected = backward_parameter_names(unet, variant)
+    expected = backward_parameter_names(unet, variant)  # (checks the variant's name)
     own = dict(unwrap(unet).named_parameters())
     missing = [n for n in expected if n not in tensors]
     unexpected = [n for n in tensors if n not in set(expected)]
