@@ -5,6 +5,8 @@ settings and, for the diffusion methods, at an equal budget of predictions per v
     python benchmarks/methods.py --out runs/methods                     # everything, resumable
     python benchmarks/methods.py --out runs/methods --share 1/2 &       # two processes share it
     python benchmarks/methods.py --out runs/methods --share 2/2 &
+    python benchmarks/methods.py --out runs/methods --claim &           # or: each takes the next
+    python benchmarks/methods.py --out runs/methods --claim &           # job no one holds
     python benchmarks/methods.py --out runs/methods --report            # tables of what has run
     python benchmarks/methods.py --out runs/methods --report --publish  # ... into the repository
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -135,10 +138,36 @@ def run_folder(out: Path, world: str, arm: str, name: str, seed: int) -> Path:
     return out / "runs" / world / arm / name / f"seed-{seed}"
 
 
-def run_job(out: Path, plan_: dict, world: str, arm: str, name: str, seed: int) -> None:
+def claim(folder: Path) -> bool:
+    """Take the job of ``folder`` for this process: True if no living process holds it (a claim
+    file beside the folder names its holder's pid; a dead holder's claim is taken over)."""
+    path = folder.parent / f"{folder.name}.claim"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = int(path.read_text() or 0)
+                os.kill(holder, 0)
+                return holder == os.getpid()
+            except (ValueError, ProcessLookupError):
+                path.unlink(missing_ok=True)  # its holder died: take it over
+                continue
+            except PermissionError:
+                return False
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
+
+
+def run_job(out: Path, plan_: dict, world: str, arm: str, name: str, seed: int,
+            claimed: bool = False) -> bool:
+    """Run one job unless it has run (or, ``claimed``, another process holds it); True if run."""
     folder = run_folder(out, world, arm, name, seed)
-    if (folder / "metrics.json").is_file():
-        return
+    if (folder / "metrics.json").is_file() or (claimed and not claim(folder)):
+        return False
     t0 = time.time()
     options = SamplingOptions(**plan_[world][arm][name]["options"])
     result = evaluate(out / "sets" / world, name, folder, model=WORLDS[world], device="cpu",
@@ -147,6 +176,7 @@ def run_job(out: Path, plan_: dict, world: str, arm: str, name: str, seed: int) 
     print(f"{world} {arm} {name} seed {seed}: {scores.get('predictions', 0):.0f} predictions, "
           f"trajectory error {scores['trajectory_error']:.3f}, {time.time() - t0:.0f} s",
           flush=True)
+    return True
 
 
 # -- the report ----------------------------------------------------------------------------------
@@ -349,6 +379,8 @@ def main(argv=None) -> None:
     p.add_argument("--pairs", type=int, default=24)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--share", default="1/1", help="I/N: run the I-th of N shares of the jobs")
+    p.add_argument("--claim", action="store_true", help="take the jobs in order, each one that "
+                   "no other living process has claimed (processes can join at any time)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--report", action="store_true", help="run nothing: tabulate what has run")
     p.add_argument("--publish", action="store_true", help="with --report: write the tables to "
@@ -363,9 +395,8 @@ def main(argv=None) -> None:
         return
     i, n = (int(v) for v in a.share.split("/"))
     todo = jobs(plan_, [int(s) for s in a.seeds.split(",")])[i - 1::n]
-    for job in todo:
-        run_job(a.out, plan_, *job)
-    print(f"share {i}/{n}: {len(todo)} runs done", flush=True)
+    ran = sum(run_job(a.out, plan_, *job, claimed=a.claim) for job in todo)
+    print(f"share {i}/{n}: {ran} of {len(todo)} runs done here", flush=True)
 
 
 if __name__ == "__main__":
