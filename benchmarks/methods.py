@@ -46,6 +46,7 @@ from inbetweening.options import SamplingOptions
 from inbetweening.peers import trf_jump_steps
 from inbetweening.runners import predictions_per_video
 from inbetweening.sampling import reinject_steps
+from inbetweening.utils import process_alive
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLDS = {"toy": "toy", "ambiguous": "toy-ambiguous"}  # world -> its bundled model
@@ -148,14 +149,13 @@ def claim(folder: Path) -> bool:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             try:
-                holder = int(path.read_text() or 0)
-                os.kill(holder, 0)
-                return holder == os.getpid()
-            except (ValueError, ProcessLookupError):
+                holder = int(path.read_text() or 0)  # 0: its holder is writing its pid
+            except ValueError:
+                holder = None
+            if holder is None or (holder and not process_alive(holder)):
                 path.unlink(missing_ok=True)  # its holder died: take it over
                 continue
-            except PermissionError:
-                return False
+            return holder == os.getpid()
         with os.fdopen(fd, "w") as f:
             f.write(str(os.getpid()))
         return True

@@ -152,7 +152,8 @@ def check_target(path: str | os.PathLike, overwrite: bool, *, folder: bool | Non
     return path
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -169,7 +170,7 @@ def remove_stale_partials(path: Path) -> list[Path]:
     pattern = re.compile(re.escape(f".{path.name}.") + r"(\d+)\.[^.]+\.partial")
     for p in path.parent.glob(f".{glob.escape(path.name)}.*.partial*"):
         m = pattern.match(p.name)
-        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+        if m and int(m.group(1)) != os.getpid() and not process_alive(int(m.group(1))):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             removed.append(p)
     return removed
